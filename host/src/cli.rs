@@ -1,0 +1,414 @@
+//! Command-line surface (clap derive). Parsing only: every command's work lives in
+//! `commands/` and the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default server for the root command and `login` (spec §1).
+pub const DEFAULT_SERVER: &str = "https://agent.cs.ac.cn";
+
+/// Turn this machine into a worker for an agentserver server.
+///
+/// With no subcommand, `agentserver` is `agentserver run --backend claudecode`: it logs in if
+/// needed, registers a sandbox, holds the tunnel and runs the tasks the server sends.
+///
+/// Examples:
+///   agentserver login --server https://agent.example.com
+///   agentserver run --backend opencode
+///   agentserver --continue
+///   agentserver info
+///   agentserver demo
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentserver",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides this.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The command; none means `run --backend claudecode`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of the root command (= `run --backend claudecode`).
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// The root command's options: those of `run` minus `--backend`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RootArgs {
+    #[command(flatten)]
+    /// Session options.
+    pub session: SessionArgs,
+    #[command(flatten)]
+    /// Claude Code options.
+    pub claude: ClaudeArgs,
+    #[command(flatten)]
+    /// Task intake options.
+    pub intake: IntakeArgs,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register a sandbox, hold the tunnel and run tasks with the chosen backend.
+    ///
+    /// The backend is `claudecode`, `opencode` or the name of an installed plugin
+    /// (see `agentserver plugins list`). Without saved credentials it logs you in first.
+    Run(RunArgs),
+    /// Same as `run --backend claudecode` (kept for upstream compatibility).
+    #[command(hide = true)]
+    Claudecode(RootArgs),
+    /// Same as `run --backend opencode` (kept for upstream compatibility).
+    #[command(hide = true)]
+    Connect(RunArgs),
+    /// Log in with the OAuth device flow and save the tokens in ~/.agentserver/.credentials.json.
+    Login(LoginArgs),
+    /// List the sessions saved under ~/.agentserver/sessions (resumable with --resume ID).
+    List(ListArgs),
+    /// Remove an agent entry from the legacy ~/.agentserver/registry.json.
+    Remove(RemoveArgs),
+    /// Run only the task worker (poll, execute with Claude Code, report), without a tunnel.
+    TaskWorker(TaskWorkerArgs),
+    /// Serve the agentserver workspace tools to Claude Code over MCP (stdio, env driven).
+    ///
+    /// Needs AGENTSERVER_URL, AGENTSERVER_TOKEN and AGENTSERVER_WORKSPACE_ID; AGENTSERVER_SANDBOX_ID
+    /// is optional. Claude Code starts it from the .mcp.json that `agentserver` writes.
+    McpServer,
+    /// Print the version.
+    Version,
+    /// Show what the server will learn about this machine: system info and probed capabilities.
+    Info(InfoArgs),
+    /// List, inspect and install backend plugins.
+    Plugins(PluginsArgs),
+    /// Run a local mock agentserver (for plugin authors and tests).
+    DevServer(DevServerArgs),
+    /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
+    Demo(DemoArgs),
+}
+
+/// Options shared by every command that creates or resumes a session.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SessionArgs {
+    /// Server URL; defaults to the one saved at login, else https://agent.cs.ac.cn.
+    #[arg(long, env = "AGENTSERVER_SERVER")]
+    pub server: Option<String>,
+    /// Sandbox name shown in the web UI (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Do not open a browser during login; print the URL and code only.
+    #[arg(long)]
+    pub skip_open_browser: bool,
+    /// Directory tasks run in (default: the current directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Resume the session with this sandbox id instead of registering a new one.
+    #[arg(
+        short = 'r',
+        long = "resume",
+        value_name = "SANDBOX_ID",
+        conflicts_with = "continue_"
+    )]
+    pub resume: Option<String>,
+    /// Resume the newest inactive session of this directory and backend type.
+    #[arg(short = 'c', long = "continue")]
+    pub continue_: bool,
+}
+
+/// Claude Code backend options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClaudeArgs {
+    /// Path of the `claude` CLI (default: looked up in PATH and the usual install places).
+    #[arg(long, value_name = "PATH")]
+    pub claude_bin: Option<PathBuf>,
+}
+
+/// opencode backend options.
+#[derive(Debug, Args, Clone)]
+pub struct OpencodeArgs {
+    /// Use an already running opencode server at this URL instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub opencode_url: Option<String>,
+    /// Password of the local opencode server (sent as Basic auth `opencode:<token>`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "OPENCODE_SERVER_PASSWORD",
+        hide_env_values = true
+    )]
+    pub opencode_token: Option<String>,
+    /// Start `opencode serve` if none answers on the port.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_start: bool,
+    /// Path of the `opencode` CLI.
+    #[arg(long, value_name = "PATH", default_value = "opencode")]
+    pub opencode_bin: PathBuf,
+    /// Port for `opencode serve`; 0 lets opencode choose.
+    #[arg(long, default_value_t = 4096)]
+    pub opencode_port: u16,
+}
+
+impl Default for OpencodeArgs {
+    fn default() -> Self {
+        Self {
+            opencode_url: None,
+            opencode_token: None,
+            auto_start: true,
+            opencode_bin: PathBuf::from("opencode"),
+            opencode_port: 4096,
+        }
+    }
+}
+
+/// Task intake options.
+#[derive(Debug, Args, Clone)]
+pub struct IntakeArgs {
+    /// Seconds between task polls when idle (a random jitter of ±10 % is added).
+    #[arg(long, default_value = "5", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub poll_interval: Duration,
+    /// How many tasks may run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_tasks: u16,
+    /// Seconds running tasks get to finish after the first SIGINT/SIGTERM.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub grace_period: Duration,
+    /// Register the fixed Claude Code agent card at start (for servers older than v0.37).
+    #[arg(long)]
+    pub register_card: bool,
+}
+
+impl Default for IntakeArgs {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(5),
+            max_concurrent_tasks: 1,
+            grace_period: Duration::from_secs(30),
+            register_card: false,
+        }
+    }
+}
+
+/// Plugin options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PluginArgs {
+    /// Extra directory to look for plugins in (besides ~/.agentserver/plugins).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Vec<PathBuf>,
+    /// Allow loading this native (trusted code) plugin even if it is not in the config.
+    #[arg(long, value_name = "NAME")]
+    pub allow_native: Vec<String>,
+}
+
+/// `run` options.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Backend: `claudecode`, `opencode`, or an installed plugin's name.
+    #[arg(long, short = 'b', default_value = "claudecode")]
+    pub backend: String,
+    #[command(flatten)]
+    /// Session options.
+    pub session: SessionArgs,
+    #[command(flatten)]
+    /// Claude Code options.
+    pub claude: ClaudeArgs,
+    #[command(flatten)]
+    /// opencode options.
+    pub opencode: OpencodeArgs,
+    #[command(flatten)]
+    /// Task intake options.
+    pub intake: IntakeArgs,
+    #[command(flatten)]
+    /// Plugin options.
+    pub plugins: PluginArgs,
+}
+
+/// `login` options.
+#[derive(Debug, Args, Clone)]
+pub struct LoginArgs {
+    /// Server to log in to.
+    #[arg(long, default_value = DEFAULT_SERVER, env = "AGENTSERVER_SERVER")]
+    pub server: String,
+    /// Do not open a browser; print the URL and code only.
+    #[arg(long)]
+    pub skip_open_browser: bool,
+}
+
+/// `list` options.
+#[derive(Debug, Args, Clone)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `remove` options.
+#[derive(Debug, Args, Clone)]
+pub struct RemoveArgs {
+    /// Workspace id of the entry (needed when the directory has several).
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Directory of the entry (default: the current directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+/// `task-worker` options.
+#[derive(Debug, Args, Clone)]
+pub struct TaskWorkerArgs {
+    /// Server URL (default: from the first registry.json entry).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Proxy token of the sandbox (default: from the first registry.json entry).
+    #[arg(long, env = "AGENTSERVER_PROXY_TOKEN", hide_env_values = true)]
+    pub proxy_token: Option<String>,
+    /// Sandbox id (default: from the first registry.json entry).
+    #[arg(long)]
+    pub sandbox_id: Option<String>,
+    /// Directory tasks run in (default: the current directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    /// Claude Code options.
+    pub claude: ClaudeArgs,
+    #[command(flatten)]
+    /// Task intake options.
+    pub intake: IntakeArgs,
+}
+
+/// `info` options.
+#[derive(Debug, Args, Clone)]
+pub struct InfoArgs {
+    /// Print the agent-info JSON exactly as the tunnel sends it (plus probe timings).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `plugins` options.
+#[derive(Debug, Args, Clone)]
+pub struct PluginsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PluginsAction,
+    #[command(flatten)]
+    /// Plugin options.
+    pub plugins: PluginArgs,
+}
+
+/// `plugins` subcommands.
+#[derive(Debug, Subcommand, Clone)]
+pub enum PluginsAction {
+    /// List installed plugins.
+    List,
+    /// Show a plugin's manifest, permissions, API version and load time.
+    Inspect {
+        /// Plugin name.
+        name: String,
+    },
+    /// Install a plugin from a directory holding plugin.toml.
+    Install {
+        /// Directory with plugin.toml and the library/component it names.
+        path: PathBuf,
+    },
+}
+
+/// `dev-server` options.
+#[derive(Debug, Args, Clone)]
+pub struct DevServerArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Approve a device login after this many token polls.
+    #[arg(long, default_value_t = 1)]
+    pub approve_after: u32,
+    /// Device-flow interval in seconds the server asks clients to use.
+    #[arg(long, default_value_t = 1)]
+    pub device_interval: u64,
+    /// Serve no CCR v2 bridge (like servers v0.63+).
+    #[arg(long)]
+    pub no_bridge: bool,
+    /// Seconds after which an unacknowledged stream open closes the tunnel session.
+    #[arg(long, default_value = "75", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub stream_open_timeout: Duration,
+}
+
+/// `demo` options.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Backend to run the sample task with (default: the bundled example WASM backend).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// The sample task's prompt.
+    #[arg(long, default_value = "Say hello from the demo.")]
+    pub prompt: String,
+    #[command(flatten)]
+    /// Claude Code options (for `--backend claudecode`).
+    pub claude: ClaudeArgs,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("`{text}` seconds is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn root_without_subcommand_takes_run_flags() {
+        let cli = Cli::parse_from(["agentserver", "--continue", "--claude-bin", "/x/claude"]);
+        assert!(cli.command.is_none());
+        assert!(cli.root.session.continue_);
+        assert_eq!(
+            cli.root.claude.claude_bin.as_deref(),
+            Some(std::path::Path::new("/x/claude"))
+        );
+    }
+
+    #[test]
+    fn run_backend_and_resume() {
+        let cli = Cli::parse_from(["agentserver", "run", "--backend", "opencode", "-r", "abc"]);
+        match cli.command {
+            Some(Command::Run(r)) => {
+                assert_eq!(r.backend, "opencode");
+                assert_eq!(r.session.resume.as_deref(), Some("abc"));
+                assert_eq!(r.opencode.opencode_port, 4096);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_conflicts_with_continue() {
+        assert!(Cli::try_parse_from(["agentserver", "-r", "x", "-c"]).is_err());
+    }
+
+    #[test]
+    fn seconds_parser() {
+        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("-1").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! The `agentserver` host library: everything the `agentserver` binary does, in modules with
+//! one job each. The binary (`main.rs`, `cli.rs`, `commands/`) only parses arguments and wires
+//! these together.
+//!
+//! See `docs/ARCHITECTURE.md` for the code map and the invariants each module keeps.
+
+pub mod auth;
+pub mod mcp;
+pub mod paths;
+pub mod probe;
+pub mod secret;
+pub mod state;
+pub mod tunnel;
+
+/// The host's version as reported in agent info (`agent_version`) and by `agentserver version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

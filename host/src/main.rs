@@ -1,0 +1,47 @@
+//! The `agentserver` binary: parse arguments, set up logging, run one command.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("Error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is for command output and, for `mcp-server`, the protocol).
+/// `RUST_LOG` wins over `-v`.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,agentserver=info",
+        1 => "info,agentserver=debug,agentserver_mux=debug,agentserver_mock=debug",
+        _ => "debug,agentserver=trace,agentserver_mux=trace,agentserver_mock=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 0)
+        .init();
+}

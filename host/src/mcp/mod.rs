@@ -1,0 +1,1 @@
+//! `agentserver mcp-server`: the stdio MCP bridge with the five workspace tools (spec §10.2).

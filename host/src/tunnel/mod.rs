@@ -1,0 +1,1 @@
+//! The WebSocket + yamux tunnel to the server (spec §6): control, HTTP and terminal streams.

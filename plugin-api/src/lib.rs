@@ -1,0 +1,24 @@
+//! The contract between the `agentserver` host and the backends that run its tasks.
+//!
+//! A backend is anything that implements [`Backend`]: the built-in `claudecode` and `opencode`
+//! crates, a native plugin loaded through the C ABI, or a WebAssembly component. The host never
+//! needs to know which: it hands a [`Task`] to [`Backend::execute`] together with an
+//! [`EventSink`] and a [`CancellationToken`], and gets a [`TaskOutcome`] back.
+//!
+//! Nothing in this crate knows about HTTP clients, WebSockets or the agentserver server.
+
+mod backend;
+mod http;
+mod task;
+
+pub use backend::{Backend, BackendError, BackendInfo, SessionType, TerminalIo, TerminalStream};
+pub use http::{HttpBody, HttpRequest, HttpResponse};
+pub use task::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
+pub use tokio_util::sync::CancellationToken;
+
+/// The semver version of this API. A plugin built against a different **major** version is
+/// refused by the host with an error naming both versions.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Major version of [`API_VERSION`], the part that decides compatibility.
+pub const API_MAJOR: u32 = 1;

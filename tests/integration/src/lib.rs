@@ -1,0 +1,2 @@
+//! Support code for the integration tests: helpers to run the `agentserver` binary against the
+//! mock server with an isolated `HOME`.
