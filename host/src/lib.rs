@@ -5,8 +5,11 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants each module keeps.
 
 pub mod auth;
+pub mod dispatch;
+pub mod intake;
 pub mod mcp;
 pub mod paths;
+pub mod plugins;
 pub mod probe;
 pub mod secret;
 pub mod state;

@@ -1,0 +1,1 @@
+//! Plugin discovery, manifests, the native (C ABI) loader and the WASM component loader.
