@@ -4,3 +4,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-nextest >/dev/null || { echo "cargo-nextest is required" >&2; exit 1; }
+
+# The real CLIs the backends' end-to-end tests drive (see ../shared/spec/real-clis.md), pinned.
+# They land in <repo>/.npm-clis/node_modules/.bin/{claude,opencode} (gitignored).
+CLAUDE_CODE_VERSION=2.1.330
+OPENCODE_VERSION=1.18.33
+NPM_CLIS_DIR="$PWD/.npm-clis"
+installed_version() {
+    # $1 = package name; prints the installed version or nothing.
+    local pkg_json="$NPM_CLIS_DIR/node_modules/$1/package.json"
+    [ -f "$pkg_json" ] || return 0
+    node -e 'process.stdout.write(require(process.argv[1]).version)' "$pkg_json" 2>/dev/null || true
+}
+if [ "$(installed_version @anthropic-ai/claude-code)" = "$CLAUDE_CODE_VERSION" ] \
+    && [ "$(installed_version opencode-ai)" = "$OPENCODE_VERSION" ] \
+    && [ -x "$NPM_CLIS_DIR/node_modules/.bin/claude" ] \
+    && [ -x "$NPM_CLIS_DIR/node_modules/.bin/opencode" ]; then
+    echo "claude-code $CLAUDE_CODE_VERSION and opencode-ai $OPENCODE_VERSION already in .npm-clis"
+else
+    command -v npm >/dev/null || { echo "npm is required to install the test CLIs" >&2; exit 1; }
+    mkdir -p "$NPM_CLIS_DIR"
+    npm install --prefix "$NPM_CLIS_DIR" --no-audit --no-fund --loglevel=error \
+        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "opencode-ai@$OPENCODE_VERSION"
+    "$NPM_CLIS_DIR/node_modules/.bin/claude" --version
+fi
+
+# The official Python MCP SDK: the real MCP client host/tests/mcp.rs drives `mcp-server` with.
+MCP_PY_VERSION=2.3.0
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" = "$MCP_PY_VERSION" ]; then
+    echo "python mcp $MCP_PY_VERSION already installed"
+else
+    python3 -m pip install --quiet --disable-pip-version-check "mcp==$MCP_PY_VERSION"
+fi

@@ -340,6 +340,18 @@ pub struct DevServerArgs {
     /// Seconds after which an unacknowledged stream open closes the tunnel session.
     #[arg(long, default_value = "75", value_parser = parse_seconds, value_name = "SECONDS")]
     pub stream_open_timeout: Duration,
+    /// How device logins end once "the user acts": approve, deny or expire.
+    #[arg(long, default_value = "approve", value_parser = ["approve", "deny", "expire"])]
+    pub device_outcome: String,
+    /// Answer the first N token polls of each device login with `slow_down`.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub slow_down_polls: u32,
+    /// Lifetime of device codes in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub device_expires_in: u64,
+    /// Lifetime of issued access tokens in seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub access_token_ttl: i64,
 }
 
 /// `demo` options.

@@ -1,10 +1,20 @@
 //! One function per command. This is the binary's edge: errors become `anyhow` here.
 
+mod dev_server;
+mod list;
+mod login;
+mod remove;
+mod task_worker;
+
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
 use crate::cli::{Cli, Command, RootArgs, RunArgs};
+
+mod info;
+mod mcp_server;
+pub mod plugins;
 
 /// Runs the parsed command line.
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -16,18 +26,18 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             args.backend = "opencode".into();
             run(args).await
         }
-        Some(Command::Login(_)) => not_yet("login", 3),
-        Some(Command::List(_)) => not_yet("list", 3),
-        Some(Command::Remove(_)) => not_yet("remove", 3),
-        Some(Command::TaskWorker(_)) => not_yet("task-worker", 6),
-        Some(Command::McpServer) => not_yet("mcp-server", 10),
+        Some(Command::Login(args)) => login::login(args).await,
+        Some(Command::List(args)) => list::list(args),
+        Some(Command::Remove(args)) => remove::remove(args).await,
+        Some(Command::TaskWorker(args)) => task_worker::task_worker(args).await,
+        Some(Command::McpServer) => mcp_server::mcp_server().await,
         Some(Command::Version) => {
             println!("agentserver {}", agentserver::VERSION);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Info(_)) => not_yet("info", 5),
-        Some(Command::Plugins(_)) => not_yet("plugins", 9),
-        Some(Command::DevServer(_)) => not_yet("dev-server", 2),
+        Some(Command::Info(args)) => info::info(args).await,
+        Some(Command::Plugins(args)) => plugins::plugins(args),
+        Some(Command::DevServer(args)) => dev_server::run(args).await,
         Some(Command::Demo(_)) => not_yet("demo", 11),
     }
 }

@@ -1,1 +1,228 @@
 //! Dispatch: from a session type or backend name to a `Backend`, and running tasks on it.
+//!
+//! A [`BackendRegistry`] maps names (`claudecode`, `opencode`, plugin names) to factories.
+//! Built-in backends are registered by their owners at start-up; plugins are registered by the
+//! plugin loader. [`BackendRegistry::resolve`] builds the backend for a name, and an unknown
+//! name is an error that lists the names that would work.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentserver_plugin_api::{Backend, BackendError, SessionType};
+
+/// What a factory gets to build a backend from: the options of the `run`/`task-worker`
+/// command that concern backends.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSpec {
+    /// Directory tasks run in.
+    pub workdir: PathBuf,
+    /// Path of the `claude` CLI, when given.
+    pub claude_bin: Option<PathBuf>,
+    /// Free-form backend options (`key` → `value`), for backends with settings of their own.
+    pub options: BTreeMap<String, String>,
+}
+
+/// Builds a backend from a [`BackendSpec`].
+pub type BackendFactory =
+    Arc<dyn Fn(&BackendSpec) -> Result<Arc<dyn Backend>, BackendError> + Send + Sync>;
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No backend is registered under this name.
+    #[error("unknown backend `{name}` (available: {})", list(.available))]
+    UnknownBackend {
+        /// The name asked for.
+        name: String,
+        /// The names registered.
+        available: Vec<String>,
+    },
+    /// A backend with this name is registered already.
+    #[error("a backend named `{0}` is registered already")]
+    Duplicate(String),
+    /// The name is not usable (empty or with whitespace).
+    #[error("invalid backend name `{0}`")]
+    InvalidName(String),
+    /// The factory failed.
+    #[error("cannot create the `{name}` backend: {source}")]
+    Create {
+        /// The backend.
+        name: String,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+struct Entry {
+    factory: BackendFactory,
+    session_type: Option<SessionType>,
+}
+
+/// Name → backend factory.
+#[derive(Default)]
+pub struct BackendRegistry {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl std::fmt::Debug for BackendRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendRegistry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+impl BackendRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a factory under `name`. `session_type` is the sandbox type the backend
+    /// registers as, when known without building it (built-ins know it; plugins say `custom`).
+    pub fn register(
+        &mut self,
+        name: &str,
+        session_type: Option<SessionType>,
+        factory: BackendFactory,
+    ) -> Result<(), DispatchError> {
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(DispatchError::InvalidName(name.to_owned()));
+        }
+        if self.entries.contains_key(name) {
+            return Err(DispatchError::Duplicate(name.to_owned()));
+        }
+        self.entries.insert(
+            name.to_owned(),
+            Entry {
+                factory,
+                session_type,
+            },
+        );
+        Ok(())
+    }
+
+    /// Registers a ready backend instance under `name` (every resolve returns the same one).
+    pub fn register_instance(
+        &mut self,
+        name: &str,
+        backend: Arc<dyn Backend>,
+    ) -> Result<(), DispatchError> {
+        let session_type = Some(backend.info().session_type);
+        self.register(name, session_type, Arc::new(move |_| Ok(backend.clone())))
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The sandbox type registered for `name`, if known.
+    pub fn session_type(&self, name: &str) -> Option<SessionType> {
+        self.entries.get(name).and_then(|e| e.session_type)
+    }
+
+    /// Builds the backend registered as `name`.
+    pub fn resolve(
+        &self,
+        name: &str,
+        spec: &BackendSpec,
+    ) -> Result<Arc<dyn Backend>, DispatchError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| DispatchError::UnknownBackend {
+                name: name.to_owned(),
+                available: self.names(),
+            })?;
+        (entry.factory)(spec).map_err(|source| DispatchError::Create {
+            name: name.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentserver_plugin_api::{BackendInfo, EventSink, Task, TaskOutcome};
+    use async_trait::async_trait;
+    use tokio_util::sync::CancellationToken;
+
+    struct Nop;
+
+    #[async_trait]
+    impl Backend for Nop {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                name: "nop".into(),
+                version: "1".into(),
+                session_type: SessionType::Custom,
+            }
+        }
+        async fn execute(&self, _: Task, _: EventSink, _: CancellationToken) -> TaskOutcome {
+            TaskOutcome::completed("ok")
+        }
+    }
+
+    #[test]
+    fn resolves_and_lists_names() {
+        let mut reg = BackendRegistry::new();
+        reg.register_instance("nop", Arc::new(Nop)).unwrap();
+        reg.register(
+            "broken",
+            Some(SessionType::Claudecode),
+            Arc::new(|_| Err(BackendError::Start("no binary".into()))),
+        )
+        .unwrap();
+        assert_eq!(reg.names(), ["broken", "nop"]);
+        assert_eq!(reg.session_type("nop"), Some(SessionType::Custom));
+        assert_eq!(
+            reg.resolve("nop", &BackendSpec::default())
+                .unwrap()
+                .info()
+                .name,
+            "nop"
+        );
+        let err = reg.resolve("zzz", &BackendSpec::default()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown backend `zzz` (available: broken, nop)"
+        );
+        let err = reg
+            .resolve("broken", &BackendSpec::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no binary"), "{err}");
+        assert!(matches!(
+            reg.register_instance("nop", Arc::new(Nop)),
+            Err(DispatchError::Duplicate(_))
+        ));
+        assert!(matches!(
+            reg.register_instance("a b", Arc::new(Nop)),
+            Err(DispatchError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn empty_registry_says_none() {
+        let reg = BackendRegistry::new();
+        let err = reg.resolve("x", &BackendSpec::default()).err().unwrap();
+        assert_eq!(err.to_string(), "unknown backend `x` (available: none)");
+    }
+}

@@ -1,1 +1,569 @@
 //! Task intake (spec §8, §9.1–9.3): polling, the CCR v2 bridge client, the durable status outbox.
+//!
+//! [`Intake`] polls the server for tasks, runs each on a [`Backend`] (up to
+//! [`IntakeConfig::max_concurrent_tasks`] at once), streams the backend's events to the task's
+//! bridge session, and reports every task's final status exactly once through the durable
+//! [`outbox`]. [`IntakeHandle`] drives shutdown: [`IntakeHandle::drain`] stops taking tasks and
+//! gives running ones [`IntakeConfig::grace_period`] before cancelling them;
+//! [`IntakeHandle::cancel_all`] cancels at once. [`signals::watch_signals`] maps SIGINT/SIGTERM
+//! onto these (first: drain, second: cancel, third: exit).
+//!
+//! Invariants:
+//! - Every task a poll returned ends with exactly one final status written to the outbox
+//!   before it is sent; the outbox is replayed at start.
+//! - A backend never blocks the host: its events are drained continuously, a cancelled
+//!   backend that does not return within [`IntakeConfig::cancel_timeout`] is abandoned.
+
+pub mod backoff;
+pub mod bridge;
+pub mod client;
+pub mod outbox;
+mod reporter;
+mod runner;
+pub mod signals;
+pub mod sse;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use agentserver_plugin_api::Backend;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use bridge::BridgeTimings;
+pub use client::{PolledTask, StatusBody};
+pub use runner::{INTERRUPT_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason};
+
+use backoff::jittered;
+use bridge::BridgeClient;
+use client::TaskClient;
+use outbox::Outbox;
+use reporter::{ReportTimings, Reporter};
+
+use crate::secret::Secret;
+
+/// Everything [`Intake`] needs to know.
+#[derive(Clone, Debug)]
+pub struct IntakeConfig {
+    /// Server URL (a trailing `/` is removed).
+    pub server: String,
+    /// The sandbox's proxy token (Bearer for poll, status and session creation).
+    pub proxy_token: Secret,
+    /// The sandbox polled for.
+    pub sandbox_id: String,
+    /// Directory tasks run in.
+    pub workdir: PathBuf,
+    /// Pause between polls while idle (default 5 s), jittered by [`IntakeConfig::poll_jitter`].
+    pub poll_interval: Duration,
+    /// Relative jitter of the poll interval (default 0.1 = ±10 %).
+    pub poll_jitter: f64,
+    /// Tasks run at once (default 1, the upstream behaviour).
+    pub max_concurrent_tasks: usize,
+    /// After [`IntakeHandle::drain`], how long running tasks may go on before they are
+    /// cancelled (default 30 s).
+    pub grace_period: Duration,
+    /// How long a cancelled backend gets to return before it is abandoned (default 10 s).
+    pub cancel_timeout: Duration,
+    /// How long, after a task ends, its remaining events may take to reach the bridge
+    /// (default 60 s).
+    pub flush_timeout: Duration,
+    /// How long [`Intake::run`] waits at the end for statuses to be accepted; what is left
+    /// stays in the outbox for the next start (default 10 s).
+    pub shutdown_report_timeout: Duration,
+    /// The outbox root (default `~/.agentserver/outbox`).
+    pub outbox_dir: PathBuf,
+    /// First retry delay of a status report (default 1 s)…
+    pub report_backoff_initial: Duration,
+    /// …doubling up to this (default 60 s).
+    pub report_backoff_max: Duration,
+    /// Use the CCR v2 bridge when the server has one (default true).
+    pub use_bridge: bool,
+    /// Bridge timers.
+    pub bridge: BridgeTimings,
+    /// Capacity of a task's event channel (default 256).
+    pub event_buffer: usize,
+}
+
+impl IntakeConfig {
+    /// A configuration with the defaults for everything but the identity of the sandbox.
+    pub fn new(
+        server: impl Into<String>,
+        proxy_token: Secret,
+        sandbox_id: impl Into<String>,
+        workdir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            server: server.into(),
+            proxy_token,
+            sandbox_id: sandbox_id.into(),
+            workdir: workdir.into(),
+            poll_interval: Duration::from_secs(5),
+            poll_jitter: 0.1,
+            max_concurrent_tasks: 1,
+            grace_period: Duration::from_secs(30),
+            cancel_timeout: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(60),
+            shutdown_report_timeout: Duration::from_secs(10),
+            outbox_dir: crate::paths::outbox_dir(),
+            report_backoff_initial: Duration::from_secs(1),
+            report_backoff_max: Duration::from_secs(60),
+            use_bridge: true,
+            bridge: BridgeTimings::default(),
+            event_buffer: 256,
+        }
+    }
+}
+
+/// Errors that stop [`Intake`] from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The configuration cannot work.
+    #[error("invalid intake configuration: {0}")]
+    Config(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+    /// The outbox could not be opened or read.
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+}
+
+/// What happens inside the intake, for logs, metrics, tests and benchmarks.
+#[derive(Clone, Debug)]
+pub enum IntakeEvent {
+    /// A poll returned this task (at this time).
+    Polled {
+        /// The task.
+        task_id: String,
+        /// When the poll response arrived.
+        at: std::time::Instant,
+    },
+    /// The task started (bridge setup begins).
+    Started {
+        /// The task.
+        task_id: String,
+    },
+    /// The server has no bridge (sent once).
+    NoBridge,
+    /// The task ended; its status is in the outbox.
+    Finished {
+        /// The task.
+        task_id: String,
+        /// What will be sent.
+        status: StatusBody,
+    },
+    /// The server accepted the task's status.
+    StatusAcked {
+        /// The task.
+        task_id: String,
+        /// When the 2xx arrived.
+        at: std::time::Instant,
+    },
+    /// The server said the task is gone (404/410) or refused the status for good (400/422).
+    StatusDropped {
+        /// The task.
+        task_id: String,
+        /// The HTTP status.
+        http_status: u16,
+    },
+    /// Draining began: no more polls.
+    Draining,
+    /// Running tasks are being cancelled.
+    Cancelling,
+}
+
+/// What [`Intake::run`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntakeSummary {
+    /// Tasks received from polls.
+    pub tasks_received: u64,
+    /// Outbox entries replayed at start.
+    pub replayed: usize,
+    /// Statuses still undelivered at exit (kept in the outbox).
+    pub unreported: usize,
+}
+
+/// Tasks received and not yet given a final status, so a forced exit can still leave a
+/// status for each in the outbox.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    unfinished: std::sync::Mutex<std::collections::HashSet<String>>,
+    outbox: Outbox,
+    sandbox_id: String,
+    server: String,
+}
+
+impl Ledger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unfinished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn received(&self, task_id: &str) {
+        self.lock().insert(task_id.to_owned());
+    }
+
+    pub(crate) fn finished(&self, task_id: &str) {
+        self.lock().remove(task_id);
+    }
+}
+
+/// Controls a running [`Intake`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct IntakeHandle {
+    drain: CancellationToken,
+    cancel: CancellationToken,
+    events: broadcast::Sender<IntakeEvent>,
+    ledger: Arc<Ledger>,
+}
+
+impl IntakeHandle {
+    /// Stops taking tasks; running tasks get the grace period, then are cancelled.
+    pub fn drain(&self) {
+        if !self.drain.is_cancelled() {
+            let _ = self.events.send(IntakeEvent::Draining);
+        }
+        self.drain.cancel();
+    }
+
+    /// Stops taking tasks and cancels running ones now.
+    pub fn cancel_all(&self) {
+        self.drain();
+        if !self.cancel.is_cancelled() {
+            let _ = self.events.send(IntakeEvent::Cancelling);
+        }
+        self.cancel.cancel();
+    }
+
+    /// Whether [`IntakeHandle::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Whether running tasks were cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// For a forced exit: writes a `failed` status ([`SHUTDOWN_REASON`]) to the outbox for
+    /// every task received and not finished, so the next start reports them. Returns how many.
+    /// Only call it right before the process exits (the tasks are abandoned, not stopped).
+    pub fn persist_unfinished(&self) -> usize {
+        let ids: Vec<String> = self.ledger.lock().drain().collect();
+        for id in &ids {
+            let entry = outbox::OutboxEntry {
+                version: outbox::OUTBOX_VERSION,
+                task_id: id.clone(),
+                sandbox_id: self.ledger.sandbox_id.clone(),
+                server: self.ledger.server.clone(),
+                finished_at: chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                body: StatusBody::failed(SHUTDOWN_REASON),
+            };
+            if let Err(err) = self.ledger.outbox.write(&entry) {
+                tracing::error!(task = %id, %err, "cannot save the status of an abandoned task");
+            }
+        }
+        ids.len()
+    }
+
+    /// Receives [`IntakeEvent`]s from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<IntakeEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// State shared by the loop, the task runners and the reporter.
+pub(crate) struct Shared {
+    pub(crate) config: IntakeConfig,
+    pub(crate) tasks: TaskClient,
+    pub(crate) bridge: BridgeClient,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) outbox: Outbox,
+    pub(crate) reporter: Reporter,
+    pub(crate) events: broadcast::Sender<IntakeEvent>,
+    pub(crate) no_bridge_logged: AtomicBool,
+    pub(crate) cancel_all: CancellationToken,
+    pub(crate) workdir: String,
+    pub(crate) ledger: Arc<Ledger>,
+}
+
+/// The task intake of one sandbox.
+pub struct Intake {
+    shared: Arc<Shared>,
+    handle: IntakeHandle,
+    reporter_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("server", &self.shared.config.server)
+            .field("sandbox_id", &self.shared.config.sandbox_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// Prepares the intake (HTTP client, outbox). The caller has already started the backend
+    /// ([`Backend::start`]).
+    pub fn new(config: IntakeConfig, backend: Arc<dyn Backend>) -> Result<Self, IntakeError> {
+        if config.server.trim().is_empty() {
+            return Err(IntakeError::Config("the server URL is empty".into()));
+        }
+        if config.sandbox_id.trim().is_empty() {
+            return Err(IntakeError::Config("the sandbox id is empty".into()));
+        }
+        if config.max_concurrent_tasks == 0 {
+            return Err(IntakeError::Config(
+                "max_concurrent_tasks must be at least 1".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(IntakeError::Http)?;
+        let tasks = TaskClient::new(
+            http.clone(),
+            &config.server,
+            config.proxy_token.clone(),
+            &config.sandbox_id,
+        );
+        let bridge = BridgeClient::new(
+            http,
+            &config.server,
+            config.proxy_token.clone(),
+            config.bridge.clone(),
+        );
+        let outbox = Outbox::open(&config.outbox_dir, &config.sandbox_id)?;
+        let (events, _) = broadcast::channel(4096);
+        let reporter_stop = CancellationToken::new();
+        let reporter = Reporter::new(
+            tasks.clone(),
+            outbox.clone(),
+            ReportTimings {
+                initial: config.report_backoff_initial,
+                max: config.report_backoff_max,
+            },
+            events.clone(),
+            reporter_stop.clone(),
+        );
+        let ledger = Arc::new(Ledger {
+            unfinished: Default::default(),
+            outbox: outbox.clone(),
+            sandbox_id: tasks.sandbox_id().to_owned(),
+            server: tasks.server().to_owned(),
+        });
+        let handle = IntakeHandle {
+            drain: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            events: events.clone(),
+            ledger: ledger.clone(),
+        };
+        let workdir = config.workdir.to_string_lossy().into_owned();
+        let shared = Arc::new(Shared {
+            config,
+            tasks,
+            bridge,
+            backend,
+            outbox,
+            reporter,
+            events,
+            no_bridge_logged: AtomicBool::new(false),
+            cancel_all: handle.cancel.clone(),
+            workdir,
+            ledger,
+        });
+        Ok(Self {
+            shared,
+            handle,
+            reporter_stop,
+        })
+    }
+
+    /// A handle to drain or cancel the intake while [`Intake::run`] runs.
+    pub fn handle(&self) -> IntakeHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until drained: replays the outbox, polls, runs tasks, and after
+    /// [`IntakeHandle::drain`] waits for running tasks (cancelling them when the grace period
+    /// ends) and for their statuses (up to [`IntakeConfig::shutdown_report_timeout`]).
+    pub async fn run(self) -> Result<IntakeSummary, IntakeError> {
+        let shared = self.shared.clone();
+        let mut summary = IntakeSummary::default();
+        let pending = shared.outbox.pending()?;
+        summary.replayed = pending.len();
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "reporting task statuses left from an earlier run"
+            );
+        }
+        for entry in pending {
+            shared.reporter.deliver(entry, true);
+        }
+
+        let drain = self.handle.drain.clone();
+        let max = shared.config.max_concurrent_tasks;
+        let mut queue: VecDeque<PolledTask> = VecDeque::new();
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut next_poll = Instant::now();
+        let mut poll_failures = 0u32;
+
+        loop {
+            if drain.is_cancelled() {
+                break;
+            }
+            while running.len() < max
+                && let Some(task) = queue.pop_front()
+            {
+                spawn_task(&shared, &mut running, task);
+            }
+            let can_poll = running.len() < max && queue.is_empty();
+            if can_poll && Instant::now() >= next_poll {
+                let polled = tokio::select! {
+                    r = shared.tasks.poll() => Some(r),
+                    _ = shared.cancel_all.cancelled() => None,
+                };
+                let Some(polled) = polled else { break };
+                let at = std::time::Instant::now();
+                let interval = jittered(shared.config.poll_interval, shared.config.poll_jitter);
+                match polled {
+                    Ok(tasks) => {
+                        if poll_failures > 0 {
+                            tracing::info!("task polling works again");
+                            poll_failures = 0;
+                        }
+                        if tasks.is_empty() {
+                            next_poll = Instant::now() + interval;
+                        } else {
+                            tracing::debug!(count = tasks.len(), "received tasks");
+                            summary.tasks_received += tasks.len() as u64;
+                            for t in &tasks {
+                                shared.ledger.received(&t.task_id);
+                                let _ = shared.events.send(IntakeEvent::Polled {
+                                    task_id: t.task_id.clone(),
+                                    at,
+                                });
+                            }
+                            queue.extend(tasks);
+                            // Poll again as soon as there is room.
+                            next_poll = Instant::now();
+                        }
+                    }
+                    Err(err) => {
+                        poll_failures += 1;
+                        if poll_failures == 1 {
+                            tracing::warn!(%err, "task poll failed; will keep trying");
+                        } else {
+                            tracing::debug!(%err, poll_failures, "task poll failed");
+                        }
+                        next_poll = Instant::now() + interval;
+                    }
+                }
+                continue;
+            }
+            let wake_at = can_poll.then_some(next_poll);
+            tokio::select! {
+                _ = drain.cancelled() => break,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(err) = done {
+                        tracing::error!(%err, "task runner failed");
+                    }
+                    // A slot is free: poll again at once.
+                    next_poll = Instant::now();
+                }
+                _ = sleep_until_opt(wake_at) => {}
+            }
+        }
+
+        // Draining.
+        let queued = queue.len();
+        if !running.is_empty() || queued > 0 {
+            tracing::info!(
+                running = running.len(),
+                queued,
+                grace = ?shared.config.grace_period,
+                "stopping: no new tasks; waiting for running tasks"
+            );
+        }
+        for task in queue.drain(..) {
+            runner::finalize(&shared, &task.task_id, StatusBody::failed(SHUTDOWN_REASON));
+        }
+        let grace = shared.config.grace_period;
+        let cancel = shared.cancel_all.clone();
+        let grace_timer = tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(grace) => {
+                    tracing::warn!(grace = ?grace, "grace period over; cancelling running tasks");
+                    cancel.cancel();
+                }
+            }
+        });
+        while let Some(done) = running.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(%err, "task runner failed");
+            }
+        }
+        grace_timer.abort();
+
+        // Give pending statuses a chance to reach the server.
+        let reporter = shared.reporter.clone();
+        if reporter.pending() > 0 {
+            tracing::info!(
+                pending = reporter.pending(),
+                "waiting for task statuses to be accepted"
+            );
+            let _ =
+                tokio::time::timeout(shared.config.shutdown_report_timeout, reporter.wait_idle())
+                    .await;
+        }
+        summary.unreported = reporter.pending();
+        if summary.unreported > 0 {
+            tracing::warn!(
+                count = summary.unreported,
+                "some task statuses are not accepted yet; they stay in the outbox and are sent at the next start"
+            );
+        }
+        self.reporter_stop.cancel();
+        Ok(summary)
+    }
+}
+
+fn spawn_task(shared: &Arc<Shared>, running: &mut JoinSet<()>, task: PolledTask) {
+    let shared = shared.clone();
+    let cancel = shared.cancel_all.child_token();
+    running.spawn(async move {
+        let task_id = task.task_id.clone();
+        let fut = std::panic::AssertUnwindSafe(runner::run_task(shared.clone(), task, cancel));
+        if let Err(panic) = futures_util::FutureExt::catch_unwind(fut).await {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(task = %task_id, %msg, "task runner panicked");
+            // The runner panics only before finalizing (finalize itself does not panic).
+            if !shared.outbox.path_of(&task_id).exists() {
+                runner::finalize(
+                    &shared,
+                    &task_id,
+                    StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
+                );
+            }
+        }
+    });
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

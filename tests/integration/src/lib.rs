@@ -1,2 +1,5 @@
 //! Support code for the integration tests: helpers to run the `agentserver` binary against the
 //! mock server with an isolated `HOME`.
+
+pub mod test_backend;
+pub mod tunnel_support;

@@ -1,0 +1,199 @@
+//! Host overhead of the claudecode backend over running the same `claude -p` directly.
+//!
+//! `cargo bench -p agentserver-backend-claudecode --bench overhead`
+//!
+//! Both sides run the real CLI (`.npm-clis/node_modules/.bin/claude`, or
+//! `$AGENTSERVER_TEST_CLAUDE_BIN`) against the project's fake LLM on loopback with the same
+//! isolated environment, for a plain one-turn answer, interleaved, `BENCH_RUNS` times each
+//! (default 20) after two warm-up runs each:
+//!
+//! * direct: `claude -p <prompt> --output-format stream-json --verbose --permission-mode
+//!   bypassPermissions`, stdout read to the end, waited for;
+//! * host: `ClaudeCodeBackend::run` (stream-json in and out, every line parsed and forwarded as
+//!   an event, stdin closed on the result, process group cleaned up).
+//!
+//! It prints wall-time statistics and the ratio host / direct.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_mock::fake_llm::FakeLlm;
+use agentserver_plugin_api::{CancellationToken, EventSink, Task, TaskStatus};
+use tokio::io::AsyncReadExt;
+
+const PROMPT: &str = "Say hello.";
+
+fn claude_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENTSERVER_TEST_CLAUDE_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude")
+}
+
+fn env_for(root: &Path, llm_url: &str) -> Vec<(String, String)> {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME", root.join("home").display().to_string()),
+        ("TMPDIR", root.join("tmp").display().to_string()),
+        ("ANTHROPIC_BASE_URL", llm_url.to_owned()),
+        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
+        ("IS_SANDBOX", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+async fn direct(bin: &Path, env: &[(String, String)], workdir: &Path) -> Duration {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "-p",
+            PROMPT,
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--permission-mode",
+            "bypassPermissions",
+        ])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn claude");
+    let mut out = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_end(&mut out).await.expect("read stdout");
+    }
+    let status = child.wait().await.expect("wait claude");
+    let took = started.elapsed();
+    assert!(status.success(), "direct claude failed: {status}");
+    assert!(String::from_utf8_lossy(&out).contains("\"type\":\"result\""));
+    took
+}
+
+async fn host(backend: &ClaudeCodeBackend, workdir: &Path) -> Duration {
+    let (sink, mut rx) = EventSink::channel(1024);
+    let drain = tokio::spawn(async move {
+        let mut n = 0usize;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    });
+    let task = Task {
+        task_id: "task_bench".into(),
+        prompt: PROMPT.into(),
+        workdir: workdir.display().to_string(),
+        ..Task::default()
+    };
+    let started = Instant::now();
+    let report = backend.run(task, sink, CancellationToken::new()).await;
+    let took = started.elapsed();
+    assert_eq!(report.outcome.status, TaskStatus::Completed, "{report:?}");
+    assert!(drain.await.unwrap_or(0) >= 3);
+    took
+}
+
+struct Stats {
+    mean: f64,
+    median: f64,
+    min: f64,
+    max: f64,
+    p90: f64,
+}
+
+fn stats(samples: &[Duration]) -> Stats {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let n = ms.len();
+    let pick = |q: f64| ms[((n as f64 - 1.0) * q).round() as usize];
+    Stats {
+        mean: ms.iter().sum::<f64>() / n as f64,
+        median: pick(0.5),
+        min: ms[0],
+        max: ms[n - 1],
+        p90: pick(0.9),
+    }
+}
+
+fn main() {
+    let bin = claude_bin();
+    if !bin.exists() {
+        eprintln!(
+            "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh`",
+            bin.display()
+        );
+        std::process::exit(1);
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+        .max(1);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let llm = FakeLlm::start().await.expect("fake LLM");
+        let root = tempfile::tempdir().expect("tempdir");
+        for sub in ["home", "tmp", "work"] {
+            std::fs::create_dir_all(root.path().join(sub)).expect("mkdir");
+        }
+        let workdir = root.path().join("work");
+        let env = env_for(root.path(), &llm.url());
+        let mut config = ClaudeCodeConfig {
+            claude_bin: Some(bin.clone()),
+            workdir: workdir.clone(),
+            clear_env: true,
+            ..ClaudeCodeConfig::default()
+        };
+        config.env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let backend = ClaudeCodeBackend::new(config);
+
+        for _ in 0..2 {
+            direct(&bin, &env, &workdir).await;
+            host(&backend, &workdir).await;
+        }
+        let mut direct_times = Vec::with_capacity(runs);
+        let mut host_times = Vec::with_capacity(runs);
+        for i in 0..runs {
+            // Alternate which side goes first to cancel drift.
+            if i % 2 == 0 {
+                direct_times.push(direct(&bin, &env, &workdir).await);
+                host_times.push(host(&backend, &workdir).await);
+            } else {
+                host_times.push(host(&backend, &workdir).await);
+                direct_times.push(direct(&bin, &env, &workdir).await);
+            }
+        }
+        let d = stats(&direct_times);
+        let h = stats(&host_times);
+        println!("claudecode overhead: {runs} runs each, plain answer from the fake LLM");
+        println!(
+            "  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "mean ms", "median", "min", "p90", "max"
+        );
+        for (name, s) in [("direct", &d), ("host", &h)] {
+            println!(
+                "  {:<8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                name, s.mean, s.median, s.min, s.p90, s.max
+            );
+        }
+        println!(
+            "  ratio host/direct: mean {:.3}, median {:.3} (overhead {:+.1} ms median)",
+            h.mean / d.mean,
+            h.median / d.median,
+            h.median - d.median
+        );
+        println!("  LLM requests served: {}", llm.requests().len());
+    });
+}

@@ -1,0 +1,460 @@
+//! Running one task with the `claude` CLI in stream-json mode (spec §9.5).
+//!
+//! The CLI runs in its own session and process group. Its stdout lines are forwarded as task
+//! events byte for byte (control requests from the CLI are answered and not forwarded); the
+//! `result` message decides the outcome and closes stdin. Watchdogs end the known upstream
+//! hangs: no stdout line for [`idle_timeout`](ClaudeCodeConfig::idle_timeout), and no exit
+//! within [`post_result_exit_timeout`](ClaudeCodeConfig::post_result_exit_timeout) after the
+//! result.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClaudeCodeConfig;
+use crate::io::{LineItem, Ring, collect_stderr, read_lines};
+use crate::process::{kill_leftovers, signal_group};
+use crate::protocol::{
+    Peek, ResultInfo, claude_args, control_response, initialize_request, user_message,
+};
+
+/// How a task run ended, seen from the process side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ending {
+    /// The CLI closed stdout and exited by itself.
+    #[default]
+    Exited,
+    /// The task was cancelled: stdin closed, then SIGTERM and SIGKILL as needed.
+    Cancelled,
+    /// No stdout line for the idle timeout before a result (stuck mid-turn); killed.
+    IdleTimeout,
+    /// A result arrived but the CLI did not exit in time afterwards; killed.
+    NoExitAfterResult,
+    /// The CLI closed stdout without a result and did not exit in time; killed.
+    NoExit,
+    /// The CLI could not be started.
+    SpawnFailed,
+}
+
+/// What a task run did besides its outcome (for logs, tests and benchmarks).
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Pid of the CLI, which is also its process group and session id.
+    pub pid: Option<u32>,
+    /// How it ended.
+    pub ending: Ending,
+    /// Exit status as text (`exit status: 0`, `signal: 9 (SIGKILL)`), if it was reaped.
+    pub exit_status: Option<String>,
+    /// Exit code, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signals sent to the process group, in order (`SIGTERM`, `SIGKILL`).
+    pub signals_sent: Vec<&'static str>,
+    /// Stdout lines forwarded as events.
+    pub events: u64,
+    /// Empty or whitespace-only stdout lines skipped.
+    pub blank_lines: u64,
+    /// Stdout lines skipped because they were not a JSON object (or not UTF-8).
+    pub invalid_lines: u64,
+    /// Stdout lines skipped because they exceeded the length limit.
+    pub oversized_lines: u64,
+    /// Control requests from the CLI answered (not forwarded).
+    pub control_requests: u64,
+    /// Whether a `result` message was seen.
+    pub saw_result: bool,
+    /// Bytes the CLI wrote to stderr.
+    pub stderr_bytes: u64,
+    /// Processes of the group or session still alive after the CLI was reaped, killed then.
+    pub leftovers_killed: usize,
+}
+
+/// A task's outcome plus what the run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The outcome to report to the server.
+    pub outcome: TaskOutcome,
+    /// Details of the run.
+    pub stats: RunStats,
+}
+
+/// Process groups of running tasks, so that shutdown can kill them.
+pub(crate) type Registry = Arc<Mutex<HashSet<u32>>>;
+
+/// Runs one task to its end.
+pub(crate) async fn run_task(
+    bin: &Path,
+    config: &ClaudeCodeConfig,
+    task: &Task,
+    events: &EventSink,
+    cancel: &CancellationToken,
+    registry: &Registry,
+) -> RunReport {
+    let mut stats = RunStats::default();
+    let workdir = if task.workdir.is_empty() {
+        config.workdir.clone()
+    } else {
+        PathBuf::from(&task.workdir)
+    };
+    if !workdir.is_dir() {
+        stats.ending = Ending::SpawnFailed;
+        return RunReport {
+            outcome: TaskOutcome::failed(
+                FailureKind::System,
+                format!("work directory {} does not exist", workdir.display()),
+            ),
+            stats,
+        };
+    }
+    if cancel.is_cancelled() {
+        stats.ending = Ending::Cancelled;
+        return RunReport {
+            outcome: TaskOutcome::cancelled("task cancelled before claude started"),
+            stats,
+        };
+    }
+
+    let mut cmd = Command::new(bin);
+    cmd.args(claude_args(task))
+        .current_dir(&workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if config.clear_env {
+        cmd.env_clear();
+    }
+    cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            stats.ending = Ending::SpawnFailed;
+            return RunReport {
+                outcome: TaskOutcome::failed(
+                    FailureKind::System,
+                    format!("could not start {}: {err}", bin.display()),
+                ),
+                stats,
+            };
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    stats.pid = Some(pid);
+    crate::lock(registry).insert(pid);
+    tracing::info!(task_id = %task.task_id, pid, bin = %bin.display(), workdir = %workdir.display(), "claude started");
+
+    let outcome = supervise(&mut child, pid, config, task, events, cancel, &mut stats).await;
+    crate::lock(registry).remove(&pid);
+    tracing::info!(
+        task_id = %task.task_id,
+        pid,
+        ending = ?stats.ending,
+        status = ?outcome.status,
+        events = stats.events,
+        skipped_blank = stats.blank_lines,
+        skipped_invalid = stats.invalid_lines,
+        skipped_oversized = stats.oversized_lines,
+        control_requests = stats.control_requests,
+        "claude finished"
+    );
+    RunReport { outcome, stats }
+}
+
+/// Writes queued stdin lines until the sender is dropped, then closes stdin.
+async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = stdin.shutdown().await;
+}
+
+async fn supervise(
+    child: &mut Child,
+    pid: u32,
+    config: &ClaudeCodeConfig,
+    task: &Task,
+    events: &EventSink,
+    cancel: &CancellationToken,
+    stats: &mut RunStats,
+) -> TaskOutcome {
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(write_stdin(stdin, stdin_rx));
+    let _ = stdin_tx.send(initialize_request(task));
+    let _ = stdin_tx.send(user_message(&task.prompt));
+    let mut stdin_tx = Some(stdin_tx);
+
+    let ring = Arc::new(Mutex::new(Ring::new(config.stderr_ring_bytes)));
+    let stderr_task = tokio::spawn(collect_stderr(stderr, ring.clone()));
+    let (line_tx, mut line_rx) = mpsc::channel::<LineItem>(16);
+    let reader = tokio::spawn(read_lines(stdout, config.max_line_bytes, line_tx));
+
+    let mut result: Option<ResultInfo> = None;
+    let mut result_at: Option<Instant> = None;
+    let mut exited: Option<(ExitStatus, Instant)> = None;
+    let mut last_line_at = Instant::now();
+    let mut sink_open = true;
+
+    let ending = 'main: loop {
+        let deadline = match (exited, result_at) {
+            (Some((_, at)), _) => at + config.post_result_exit_timeout,
+            (None, Some(at)) => at + config.post_result_exit_timeout,
+            (None, None) => last_line_at + config.idle_timeout,
+        };
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break 'main Ending::Cancelled,
+            status = child.wait(), if exited.is_none() => {
+                if let Ok(status) = status {
+                    exited = Some((status, Instant::now()));
+                }
+                continue;
+            }
+            item = timeout_at(deadline, line_rx.recv()) => item,
+        };
+        let item = match item {
+            Err(_elapsed) => {
+                break match (exited, result.is_some()) {
+                    // Exited, but something it started still holds stdout open.
+                    (Some(_), _) => Ending::Exited,
+                    (None, true) => Ending::NoExitAfterResult,
+                    (None, false) => Ending::IdleTimeout,
+                };
+            }
+            Ok(None) => {
+                // stdout closed: wait for the exit.
+                if exited.is_some() {
+                    break Ending::Exited;
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled(), if result.is_none() => break 'main Ending::Cancelled,
+                    status = timeout(config.post_result_exit_timeout, child.wait()) => {
+                        match status {
+                            Ok(Ok(status)) => {
+                                exited = Some((status, Instant::now()));
+                                break Ending::Exited;
+                            }
+                            _ if result.is_some() => break Ending::NoExitAfterResult,
+                            _ => break Ending::NoExit,
+                        }
+                    }
+                }
+            }
+            Ok(Some(item)) => item,
+        };
+        last_line_at = Instant::now();
+        let text = match item {
+            LineItem::Text(text) => text,
+            LineItem::Blank => {
+                stats.blank_lines += 1;
+                continue;
+            }
+            LineItem::NotUtf8 => {
+                stats.invalid_lines += 1;
+                continue;
+            }
+            LineItem::Oversized(len) => {
+                stats.oversized_lines += 1;
+                tracing::warn!(len, "skipped an oversized stdout line from claude");
+                continue;
+            }
+            LineItem::Failed(err) => {
+                tracing::warn!(%err, "reading claude's stdout failed");
+                continue;
+            }
+        };
+        let Ok(peek) = serde_json::from_str::<Peek>(&text) else {
+            stats.invalid_lines += 1;
+            tracing::debug!(line = %truncate(&text, 200), "skipped a non-JSON stdout line from claude");
+            continue;
+        };
+        match peek.kind.as_deref() {
+            Some("control_request") => {
+                stats.control_requests += 1;
+                let answer = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| control_response(&v));
+                if let (Some(answer), Some(tx)) = (answer, stdin_tx.as_ref()) {
+                    let _ = tx.send(answer);
+                }
+                continue;
+            }
+            Some("result") if result.is_none() => {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    result = Some(ResultInfo::from_value(&v));
+                    result_at = Some(Instant::now());
+                    stats.saw_result = true;
+                    // One-shot query: closing stdin lets the CLI exit.
+                    stdin_tx = None;
+                }
+            }
+            _ => {}
+        }
+        let event = match TaskEvent::from_json(&text) {
+            Ok(event) => event,
+            Err(_) => {
+                stats.invalid_lines += 1;
+                continue;
+            }
+        };
+        stats.events += 1;
+        if sink_open {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if result.is_none() => break 'main Ending::Cancelled,
+                delivered = events.emit(event) => {
+                    if !delivered {
+                        tracing::debug!("the host stopped listening for events");
+                        sink_open = false;
+                    }
+                }
+            }
+        }
+    };
+    stats.ending = ending;
+
+    // Wind down: close stdin, stop the process (group) as needed.
+    drop(stdin_tx);
+    let status = match ending {
+        Ending::Exited => exited.map(|(s, _)| s),
+        Ending::Cancelled => {
+            writer.abort();
+            terminate(child, pid, Some(config.stdin_close_grace), config, stats).await
+        }
+        Ending::IdleTimeout | Ending::NoExitAfterResult | Ending::NoExit => {
+            writer.abort();
+            terminate(child, pid, None, config, stats).await
+        }
+        Ending::SpawnFailed => None,
+    };
+    writer.abort();
+    let _ = writer.await;
+    stats.leftovers_killed = kill_leftovers(pid);
+    if stats.leftovers_killed > 0 {
+        tracing::info!(
+            pid,
+            count = stats.leftovers_killed,
+            "killed processes left in claude's group"
+        );
+    }
+    reader.abort();
+    let _ = reader.await;
+    let _ = timeout(Duration::from_millis(500), stderr_task).await;
+    stats.stderr_bytes = crate::lock(&ring).total();
+    if let Some(status) = status {
+        stats.exit_status = Some(status.to_string());
+        stats.exit_code = status.code();
+    }
+
+    if let Some(result) = &result {
+        if ending == Ending::NoExitAfterResult {
+            tracing::warn!(
+                pid,
+                "claude did not exit after its result; its process group was killed"
+            );
+        }
+        return result.to_outcome();
+    }
+    let stderr_tail = {
+        let tail = crate::lock(&ring).tail(config.stderr_in_failure_bytes);
+        let text = String::from_utf8_lossy(&tail).trim().to_owned();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {text}")
+        }
+    };
+    let exit = stats
+        .exit_status
+        .clone()
+        .unwrap_or_else(|| "an unknown status".to_owned());
+    match ending {
+        Ending::Cancelled => TaskOutcome::cancelled("task cancelled"),
+        Ending::IdleTimeout => TaskOutcome::failed(
+            FailureKind::System,
+            format!(
+                "claude printed nothing for {}s before its result (stuck mid-turn) and was killed{stderr_tail}",
+                config.idle_timeout.as_secs_f64()
+            ),
+        ),
+        Ending::NoExit => TaskOutcome::failed(
+            FailureKind::System,
+            format!(
+                "claude closed its output without a result and did not exit; killed{stderr_tail}"
+            ),
+        ),
+        _ => TaskOutcome::failed(
+            FailureKind::System,
+            format!("claude exited with {exit} without a result message{stderr_tail}"),
+        ),
+    }
+}
+
+/// Stops the CLI: optionally waits `first_wait` (stdin already closed), then SIGTERM to the
+/// group, waits the term grace, then SIGKILL to the group. Returns the exit status if reaped.
+async fn terminate(
+    child: &mut Child,
+    pgid: u32,
+    first_wait: Option<Duration>,
+    config: &ClaudeCodeConfig,
+    stats: &mut RunStats,
+) -> Option<ExitStatus> {
+    if let Some(wait) = first_wait
+        && let Ok(status) = timeout(wait, child.wait()).await
+    {
+        return status.ok();
+    }
+    tracing::debug!(pgid, "SIGTERM to claude's process group");
+    signal_group(pgid, Signal::SIGTERM);
+    stats.signals_sent.push("SIGTERM");
+    if let Ok(status) = timeout(config.term_grace, child.wait()).await {
+        return status.ok();
+    }
+    tracing::debug!(pgid, "SIGKILL to claude's process group");
+    signal_group(pgid, Signal::SIGKILL);
+    stats.signals_sent.push("SIGKILL");
+    match timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            tracing::error!(pgid, "claude did not die after SIGKILL");
+            None
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

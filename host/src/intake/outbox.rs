@@ -1,0 +1,256 @@
+//! The durable status outbox: a final status is written to disk before it is sent, and stays
+//! there until the server accepts it (or says the task no longer exists). Survives crashes and
+//! restarts of the host and outages of the server.
+//!
+//! Layout: `<outbox_dir>/<sandbox_id>/<task file>.json`, one JSON [`OutboxEntry`] per task,
+//! written atomically (temp file, fsync, rename, fsync of the directory). Entries of other
+//! sandboxes are left alone (they need that sandbox's token); entries the server refuses for
+//! good (400) move to `<outbox_dir>/<sandbox_id>/rejected/` for inspection.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::client::StatusBody;
+
+/// Format version of [`OutboxEntry`] files.
+pub const OUTBOX_VERSION: u32 = 1;
+
+/// One final status waiting for the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// File format version ([`OUTBOX_VERSION`]).
+    pub version: u32,
+    /// The task.
+    pub task_id: String,
+    /// The sandbox the task was polled for.
+    pub sandbox_id: String,
+    /// The server it came from.
+    pub server: String,
+    /// When the task ended (RFC 3339).
+    pub finished_at: String,
+    /// What to send.
+    pub body: StatusBody,
+}
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// A file operation failed.
+    #[error("outbox {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An entry could not be encoded.
+    #[error("outbox entry encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutboxError + 'a {
+    move |source| OutboxError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The outbox of one sandbox.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+}
+
+impl Outbox {
+    /// Opens (creating, mode 0700) `<root>/<sandbox_id>/`.
+    pub fn open(root: &Path, sandbox_id: &str) -> Result<Self, OutboxError> {
+        let dir = root.join(file_stem(sandbox_id));
+        create_private_dir(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The directory entries live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of a task's entry.
+    pub fn path_of(&self, task_id: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", file_stem(task_id)))
+    }
+
+    /// Writes an entry durably (atomic replace). Returns once it is on disk.
+    pub fn write(&self, entry: &OutboxEntry) -> Result<PathBuf, OutboxError> {
+        let path = self.path_of(&entry.task_id);
+        let tmp = self.dir.join(format!(
+            ".{}.{}.tmp",
+            file_stem(&entry.task_id),
+            std::process::id()
+        ));
+        let bytes = serde_json::to_vec_pretty(entry)?;
+        {
+            let mut f = private_file(&tmp).map_err(io("create", &tmp))?;
+            f.write_all(&bytes).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        sync_dir(&self.dir);
+        Ok(path)
+    }
+
+    /// Removes a delivered entry.
+    pub fn remove(&self, task_id: &str) -> Result<(), OutboxError> {
+        let path = self.path_of(task_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.dir);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Moves an entry the server refused for good to `rejected/`.
+    pub fn reject(&self, task_id: &str) -> Result<PathBuf, OutboxError> {
+        let rejected = self.dir.join("rejected");
+        create_private_dir(&rejected)?;
+        let from = self.path_of(task_id);
+        let to = rejected.join(from.file_name().unwrap_or_default());
+        std::fs::rename(&from, &to).map_err(io("rename", &from))?;
+        Ok(to)
+    }
+
+    /// All pending entries, oldest first. Unreadable files are skipped with a warning.
+    pub fn pending(&self) -> Result<Vec<OutboxEntry>, OutboxError> {
+        let mut entries = Vec::new();
+        let read = std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))?;
+        for item in read {
+            let item = item.map_err(io("read", &self.dir))?;
+            let path = item.path();
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".json") || !path.is_file() {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<OutboxEntry>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(entry) => entries.push(entry),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "skipping unreadable outbox entry")
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
+        Ok(entries)
+    }
+}
+
+/// A file-name-safe form of an id: kept as is when it is made of `[A-Za-z0-9_.-]` (and does
+/// not start with `.`), else `x-` + hex of its bytes.
+pub fn file_stem(id: &str) -> String {
+    let safe = !id.is_empty()
+        && !id.starts_with('.')
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if safe {
+        id.to_owned()
+    } else {
+        format!("x-{}", hex::encode(id.as_bytes()))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), OutboxError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, at: &str) -> OutboxEntry {
+        OutboxEntry {
+            version: OUTBOX_VERSION,
+            task_id: id.into(),
+            sandbox_id: "sbx".into(),
+            server: "http://x".into(),
+            finished_at: at.into(),
+            body: StatusBody::failed("boom"),
+        }
+    }
+
+    #[test]
+    fn write_list_remove_reject() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(tmp.path(), "sbx").unwrap();
+        ob.write(&entry("task_b", "2026-01-02T00:00:00Z")).unwrap();
+        ob.write(&entry("task_a", "2026-01-01T00:00:00Z")).unwrap();
+        ob.write(&entry("../evil", "2026-01-03T00:00:00Z")).unwrap();
+        std::fs::write(ob.dir().join("junk.json"), b"not json").unwrap();
+        let ids: Vec<_> = ob
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.task_id)
+            .collect();
+        assert_eq!(ids, ["task_a", "task_b", "../evil"]);
+        ob.remove("task_a").unwrap();
+        ob.remove("task_a").unwrap();
+        let moved = ob.reject("../evil").unwrap();
+        assert!(moved.exists());
+        let ids: Vec<_> = ob
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.task_id)
+            .collect();
+        assert_eq!(ids, ["task_b"]);
+        // Another sandbox has its own directory.
+        let other = Outbox::open(tmp.path(), "other").unwrap();
+        assert!(other.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stems_are_safe() {
+        assert_eq!(file_stem("task_1-a.b"), "task_1-a.b");
+        assert_eq!(file_stem("a/b"), "x-612f62");
+        assert_eq!(file_stem(".."), "x-2e2e");
+        assert_eq!(file_stem(""), "x-");
+    }
+}

@@ -1,0 +1,499 @@
+//! Runs one task: bridge setup, the backend call, event forwarding, the final status.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::bridge::{
+    BridgeError, BridgeSession, BridgeTimings, Inbound, InboundHandler, MAX_BATCH, WorkerState,
+};
+use super::client::{PolledTask, StatusBody};
+use super::outbox::{OUTBOX_VERSION, OutboxEntry};
+use super::{IntakeEvent, Shared};
+
+/// `failure_reason` of a task cancelled because the host shut down.
+pub const SHUTDOWN_REASON: &str = "cancelled by host shutdown";
+/// `failure_reason` of a task cancelled by a `control_request` interrupt from the bridge.
+pub const INTERRUPT_REASON: &str = "cancelled by interrupt request";
+/// Prefix of the `failure_reason` of system failures (the host or the backend broke).
+pub const SYSTEM_PREFIX: &str = "system error: ";
+
+/// Why a task was stopped from outside the backend.
+#[derive(Clone, Debug)]
+enum StopCause {
+    Interrupt,
+    Epoch(String),
+}
+
+/// Per-task cancellation with the first reason recorded.
+#[derive(Debug)]
+struct TaskCtl {
+    cancel: CancellationToken,
+    cause: Mutex<Option<StopCause>>,
+}
+
+impl TaskCtl {
+    fn stop(&self, cause: StopCause) {
+        {
+            let mut c = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+            if c.is_none() {
+                *c = Some(cause);
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    fn cause(&self) -> Option<StopCause> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A `failure_reason` that says whose fault a failure was: user failures keep the backend's
+/// text, system failures get [`SYSTEM_PREFIX`].
+pub fn failure_reason(kind: Option<FailureKind>, reason: &str) -> String {
+    let reason = if reason.trim().is_empty() {
+        "task failed"
+    } else {
+        reason
+    };
+    match kind {
+        Some(FailureKind::System) => format!("{SYSTEM_PREFIX}{reason}"),
+        Some(FailureKind::User) | None => reason.to_owned(),
+    }
+}
+
+fn system(reason: impl std::fmt::Display) -> StatusBody {
+    StatusBody::failed(format!("{SYSTEM_PREFIX}{reason}"))
+}
+
+/// Writes the final status to the outbox (durably) and hands it to the reporter.
+pub(crate) fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
+    let entry = OutboxEntry {
+        version: OUTBOX_VERSION,
+        task_id: task_id.to_owned(),
+        sandbox_id: shared.tasks.sandbox_id().to_owned(),
+        server: shared.tasks.server().to_owned(),
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        body,
+    };
+    let written = shared.outbox.write(&entry);
+    shared.ledger.finished(task_id);
+    if let Err(err) = written {
+        // Still try to deliver it; only durability across a crash is lost.
+        tracing::error!(task = %task_id, %err, "cannot write the task status to the outbox");
+    }
+    match entry.body.failure_reason.as_deref() {
+        Some(reason) => {
+            tracing::info!(task = %task_id, status = %entry.body.status, %reason, "task finished")
+        }
+        None => tracing::info!(task = %task_id, status = %entry.body.status, "task finished"),
+    }
+    let _ = shared.events.send(IntakeEvent::Finished {
+        task_id: task_id.to_owned(),
+        status: entry.body.clone(),
+    });
+    shared.reporter.deliver(entry, false);
+}
+
+enum ExecResult {
+    Outcome(TaskOutcome),
+    Panicked(String),
+    Abandoned,
+    NotStarted,
+}
+
+/// Runs one polled task to its final status (always ends in [`finalize`]).
+pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: CancellationToken) {
+    let task_id = polled.task_id.clone();
+    let _ = shared.events.send(IntakeEvent::Started {
+        task_id: task_id.clone(),
+    });
+    let ctl = Arc::new(TaskCtl {
+        cancel: cancel.clone(),
+        cause: Mutex::new(None),
+    });
+    let mut task = polled.into_task(&shared.workdir);
+
+    let bridge = match setup_bridge(&shared, &mut task, &ctl).await {
+        Ok(b) => b.map(|session| {
+            Arc::new(TaskBridge {
+                session,
+                refetched: AtomicBool::new(false),
+                timings: shared.bridge.timings().clone(),
+            })
+        }),
+        Err(reason) => {
+            let body = if cancel.is_cancelled() {
+                decide(&shared, ExecResult::NotStarted, &ctl)
+            } else {
+                system(reason)
+            };
+            finalize(&shared, &task_id, body);
+            return;
+        }
+    };
+    let mut bridge_ok = bridge.is_some();
+    if let Some(b) = &bridge
+        && !cancel.is_cancelled()
+    {
+        match b.call(Op::State(WorkerState::Running)).await {
+            Ok(()) => {}
+            Err(CallError::Epoch(msg)) => {
+                bridge_ok = false;
+                ctl.stop(StopCause::Epoch(msg));
+            }
+            Err(CallError::Failed(err)) => {
+                tracing::warn!(task = %task_id, %err, "cannot report worker state `running`");
+            }
+        }
+    }
+
+    let (sink, rx) = EventSink::channel(shared.config.event_buffer);
+    let finish = CancellationToken::new();
+    let forwarder = tokio::spawn(forward_events(
+        rx,
+        bridge.clone().filter(|_| bridge_ok),
+        ctl.clone(),
+        finish.clone(),
+        task_id.clone(),
+    ));
+
+    let result = if cancel.is_cancelled() {
+        drop(sink);
+        ExecResult::NotStarted
+    } else {
+        let backend = shared.backend.clone();
+        let exec_cancel = cancel.clone();
+        let mut exec = tokio::spawn(async move { backend.execute(task, sink, exec_cancel).await });
+        tokio::select! {
+            r = &mut exec => from_join(r),
+            _ = cancel.cancelled() => {
+                match tokio::time::timeout(shared.config.cancel_timeout, &mut exec).await {
+                    Ok(r) => from_join(r),
+                    Err(_) => {
+                        tracing::warn!(task = %task_id, timeout = ?shared.config.cancel_timeout, "backend did not stop after cancellation; abandoning it");
+                        exec.abort();
+                        ExecResult::Abandoned
+                    }
+                }
+            }
+        }
+    };
+
+    // Flush the events the backend emitted, then leave the bridge idle.
+    finish.cancel();
+    match tokio::time::timeout(shared.config.flush_timeout, forwarder).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => bridge_ok = false,
+        Ok(Err(err)) => {
+            tracing::error!(task = %task_id, %err, "event forwarder failed");
+            bridge_ok = false;
+        }
+        Err(_) => {
+            tracing::warn!(task = %task_id, timeout = ?shared.config.flush_timeout, "gave up flushing task events to the bridge");
+            bridge_ok = false;
+        }
+    }
+    if let Some(b) = &bridge {
+        if bridge_ok && !matches!(ctl.cause(), Some(StopCause::Epoch(_))) {
+            match b.call(Op::State(WorkerState::Idle)).await {
+                Ok(()) => {}
+                Err(CallError::Epoch(msg)) => ctl.stop(StopCause::Epoch(msg)),
+                Err(CallError::Failed(err)) => {
+                    tracing::debug!(task = %task_id, %err, "cannot report worker state `idle`");
+                }
+            }
+        }
+        b.session.close();
+    }
+
+    let body = decide(&shared, result, &ctl);
+    finalize(&shared, &task_id, body);
+}
+
+fn from_join(r: Result<TaskOutcome, tokio::task::JoinError>) -> ExecResult {
+    match r {
+        Ok(outcome) => ExecResult::Outcome(outcome),
+        Err(err) if err.is_panic() => {
+            let payload = err.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            ExecResult::Panicked(msg)
+        }
+        Err(_) => ExecResult::Abandoned,
+    }
+}
+
+/// The status body for a task's end.
+fn decide(shared: &Shared, result: ExecResult, ctl: &TaskCtl) -> StatusBody {
+    let cause = ctl.cause();
+    if let Some(StopCause::Epoch(msg)) = cause {
+        return system(msg);
+    }
+    let stop_reason = match cause {
+        Some(StopCause::Interrupt) => Some(INTERRUPT_REASON),
+        _ if ctl.cancel.is_cancelled() && shared.cancel_all.is_cancelled() => Some(SHUTDOWN_REASON),
+        _ => None,
+    };
+    match result {
+        ExecResult::Outcome(o) if o.status == TaskStatus::Completed => StatusBody {
+            status: "completed".into(),
+            result: o.result,
+            total_cost_usd: o.total_cost_usd,
+            num_turns: o.num_turns,
+            failure_reason: None,
+        },
+        ExecResult::Outcome(o) => match stop_reason {
+            Some(r) => StatusBody::failed(r),
+            None => {
+                let reason = o.failure_reason.unwrap_or_default();
+                if o.status == TaskStatus::Cancelled {
+                    StatusBody::failed(failure_reason(
+                        o.failure_kind,
+                        &format!("cancelled: {reason}"),
+                    ))
+                } else {
+                    StatusBody::failed(failure_reason(o.failure_kind, &reason))
+                }
+            }
+        },
+        ExecResult::Panicked(msg) => match stop_reason {
+            Some(r) => StatusBody::failed(r),
+            None => system(format!("backend panicked: {msg}")),
+        },
+        ExecResult::Abandoned | ExecResult::NotStarted => {
+            StatusBody::failed(stop_reason.unwrap_or(SHUTDOWN_REASON))
+        }
+    }
+}
+
+/// Retries `f` while it fails transiently, for at most `timings.retry_deadline`, stopping early
+/// when `cancel` fires.
+async fn retry<T, F, Fut>(
+    timings: &BridgeTimings,
+    cancel: &CancellationToken,
+    mut f: F,
+) -> Result<T, BridgeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BridgeError>>,
+{
+    let deadline = Instant::now() + timings.retry_deadline;
+    let mut backoff = Backoff::new(timings.retry_initial, timings.retry_max);
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if Instant::now() + delay > deadline {
+                    return Err(e);
+                }
+                tracing::debug!(err = %e, retry_in = ?delay, "bridge request failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Sets up the bridge for a task. `Ok(None)`: run without it (server has none, or it is
+/// unreachable). `Err`: fail the task with this reason (upstream wording).
+async fn setup_bridge(
+    shared: &Shared,
+    task: &mut Task,
+    ctl: &Arc<TaskCtl>,
+) -> Result<Option<BridgeSession>, String> {
+    if !shared.config.use_bridge {
+        return Ok(None);
+    }
+    let timings = shared.bridge.timings();
+    let cancel = &ctl.cancel;
+    if task.session_id.is_empty() {
+        let title = format!("Task {}", task.task_id);
+        match retry(timings, cancel, || shared.bridge.create_session(&title)).await {
+            Ok(id) => task.session_id = id,
+            Err(e) => return bridge_unusable(shared, &task.task_id, "create session", e),
+        }
+    }
+    let sid = task.session_id.clone();
+    let creds = match retry(timings, cancel, || shared.bridge.fetch_credentials(&sid)).await {
+        Ok(c) => c,
+        Err(e) => return bridge_unusable(shared, &task.task_id, "fetch credentials", e),
+    };
+    let handler: InboundHandler = {
+        let ctl = ctl.clone();
+        Arc::new(move |ev| {
+            if ev == Inbound::Interrupt {
+                tracing::info!("interrupt requested through the bridge; cancelling the task");
+                ctl.stop(StopCause::Interrupt);
+            }
+        })
+    };
+    let attached = retry(timings, cancel, || {
+        BridgeSession::attach(shared.bridge.clone(), &sid, creds.clone(), handler.clone())
+    })
+    .await;
+    match attached {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => bridge_unusable(shared, &task.task_id, "attach bridge", e),
+    }
+}
+
+fn bridge_unusable(
+    shared: &Shared,
+    task_id: &str,
+    step: &str,
+    err: BridgeError,
+) -> Result<Option<BridgeSession>, String> {
+    match err {
+        BridgeError::NotFound(_) => {
+            if !shared.no_bridge_logged.swap(true, Ordering::SeqCst) {
+                tracing::info!(
+                    "the server has no CCR v2 bridge (404 on {step}); tasks run without event streaming and report only their final status"
+                );
+                let _ = shared.events.send(IntakeEvent::NoBridge);
+            }
+            Ok(None)
+        }
+        e if e.is_transient() => {
+            tracing::warn!(task = %task_id, err = %e, "bridge unreachable ({step}); running the task without event streaming");
+            Ok(None)
+        }
+        e => Err(format!("{step}: {e}")),
+    }
+}
+
+/// The bridge of one task, with the "refetch credentials once on 409" rule.
+struct TaskBridge {
+    session: BridgeSession,
+    refetched: AtomicBool,
+    timings: BridgeTimings,
+}
+
+enum Op<'a> {
+    State(WorkerState),
+    Batch(&'a [TaskEvent]),
+}
+
+enum CallError {
+    /// A second epoch mismatch: the task must fail with this reason.
+    Epoch(String),
+    /// Anything else (after retries).
+    Failed(BridgeError),
+}
+
+impl TaskBridge {
+    async fn call(&self, op: Op<'_>) -> Result<(), CallError> {
+        let never = CancellationToken::new();
+        loop {
+            let r = retry(&self.timings, &never, || async {
+                match &op {
+                    Op::State(s) => self.session.report_state(*s).await,
+                    Op::Batch(events) => self.session.write_batch(events).await,
+                }
+            })
+            .await;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(BridgeError::EpochMismatch) => {
+                    let sid = self.session.session_id().to_owned();
+                    if self.refetched.swap(true, Ordering::SeqCst) {
+                        return Err(CallError::Epoch(format!(
+                            "bridge epoch mismatch: another worker took over session {sid} (again after re-registering)"
+                        )));
+                    }
+                    let old = self.session.epoch();
+                    match retry(&self.timings, &never, || self.session.refetch_credentials()).await
+                    {
+                        Ok(epoch) => {
+                            tracing::warn!(session = %sid, old, epoch, "bridge epoch mismatch; re-registered this worker");
+                        }
+                        Err(e) => {
+                            return Err(CallError::Epoch(format!(
+                                "bridge epoch mismatch on session {sid}; re-registering failed: {e}"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(CallError::Failed(e)),
+            }
+        }
+    }
+}
+
+type BatchFuture = Pin<Box<dyn Future<Output = Result<(), CallError>> + Send>>;
+
+/// Drains the backend's events (never blocking it) and posts them in order, in batches of at
+/// most [`MAX_BATCH`] consecutive events. Ends when `finish` fires and everything received was
+/// posted. Returns false if the bridge had to be given up.
+async fn forward_events(
+    mut rx: mpsc::Receiver<TaskEvent>,
+    mut bridge: Option<Arc<TaskBridge>>,
+    ctl: Arc<TaskCtl>,
+    finish: CancellationToken,
+    task_id: String,
+) -> bool {
+    let mut healthy = true;
+    let mut queue: VecDeque<TaskEvent> = VecDeque::new();
+    let mut open = true;
+    let mut closing = false;
+    let mut inflight: Option<(BatchFuture, usize)> = None;
+    loop {
+        if inflight.is_none() {
+            match &bridge {
+                Some(b) if !queue.is_empty() => {
+                    let n = queue.len().min(MAX_BATCH);
+                    let batch: Vec<TaskEvent> = queue.iter().take(n).cloned().collect();
+                    let b = b.clone();
+                    inflight = Some((Box::pin(async move { b.call(Op::Batch(&batch)).await }), n));
+                }
+                Some(_) => {}
+                None => queue.clear(),
+            }
+        }
+        if !open && inflight.is_none() && queue.is_empty() {
+            return healthy;
+        }
+        tokio::select! {
+            ev = rx.recv(), if open => match ev {
+                Some(e) => queue.push_back(e),
+                None => open = false,
+            },
+            _ = finish.cancelled(), if !closing => {
+                closing = true;
+                rx.close();
+            }
+            r = async { inflight.as_mut().map(|(f, _)| f).expect("guarded").await }, if inflight.is_some() => {
+                let (_, n) = inflight.take().expect("guarded");
+                match r {
+                    Ok(()) => {
+                        queue.drain(..n);
+                    }
+                    Err(CallError::Epoch(msg)) => {
+                        ctl.stop(StopCause::Epoch(msg));
+                        bridge = None;
+                        healthy = false;
+                    }
+                    Err(CallError::Failed(err)) => {
+                        tracing::warn!(task = %task_id, %err, "cannot post task events to the bridge; the rest of this task's events are dropped");
+                        bridge = None;
+                        healthy = false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The session choice of the main command (spec §5 step 2): `--resume ID`, `--continue`, or a
+//! new sandbox (login if needed, register). The result is a [`SessionGuard`]: this process's
+//! pid is already stamped into the session file, and it is cleared when the guard is released
+//! or dropped.
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+use super::StateError;
+use super::fsutil::LockFile;
+use super::rfc3339;
+use super::session::{Session, SessionGuard, SessionStore};
+use crate::auth::{
+    AuthContext, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
+    normalize_server_url,
+};
+use crate::secret::Secret;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRequest<'a> {
+    /// `--resume <sandbox_id>`.
+    pub resume: Option<&'a str>,
+    /// `--continue`.
+    pub continue_latest: bool,
+    /// `--server` (new sessions only; resume/continue use the session's server).
+    pub server: Option<&'a str>,
+    /// `--name` (new sessions only; default: the hostname).
+    pub name: Option<&'a str>,
+    /// The session type: `claudecode`, `opencode`, or a plugin's type.
+    pub session_type: &'a str,
+    /// The process's working directory (upstream matches `--continue` on it, not on
+    /// `--work-dir`; quirk 2, kept so sessions written by the upstream agent are found).
+    pub cwd: &'a Path,
+}
+
+/// How the session was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOrigin {
+    /// `--resume ID`.
+    Resumed,
+    /// `--continue`.
+    Continued,
+    /// A new sandbox was registered.
+    Registered,
+}
+
+/// Why no session could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    /// `--resume` of a session that a live process runs.
+    #[error("Session {id} is still active (PID {pid})")]
+    SessionActive {
+        /// The sandbox id.
+        id: String,
+        /// The live process.
+        pid: i32,
+    },
+    /// `--continue` found no inactive session for this directory and type.
+    #[error(
+        "No session to continue: no resumable session found for directory {dir} and type {session_type} (see `agentserver list`)"
+    )]
+    NothingToContinue {
+        /// The directory searched for.
+        dir: String,
+        /// The type searched for.
+        session_type: String,
+    },
+    /// Login failed.
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    /// Still no valid token after a login.
+    #[error(transparent)]
+    Auth(#[from] NeedReLogin),
+    /// Registration failed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// A state file problem (including `session <id> not found`).
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Chooses the session (spec §5 step 2) and stamps this process's pid into it:
+/// - `resume`: load that session; a live pid → [`ChooseError::SessionActive`]; the session's
+///   server is used (`--server` is ignored);
+/// - `continue_latest`: the newest inactive session with `dir == cwd` and this type;
+/// - otherwise: server = `--server`, else the saved credentials' server, else
+///   [`DEFAULT_SERVER`]; a token via `ensure_valid_token`, with an interactive login (through
+///   `ui`) on any error; then register a new sandbox. A registration refused for an auth
+///   reason (401, missing scope or workspace) triggers one more login and one retry.
+///
+/// The liveness check and the pid stamp happen under the sessions lock, so two processes
+/// cannot resume or continue the same session at once.
+pub async fn choose_session(
+    request: &SessionRequest<'_>,
+    store: &SessionStore,
+    auth: &AuthContext,
+    ui: &dyn LoginUi,
+    cancel: &CancellationToken,
+) -> Result<(SessionGuard, SessionOrigin), ChooseError> {
+    if let Some(id) = request.resume {
+        let lock = lock_store(store).await?;
+        let session = store.load(id)?;
+        if let Some(pid) = session.live_pid() {
+            return Err(ChooseError::SessionActive {
+                id: id.to_owned(),
+                pid,
+            });
+        }
+        if let Some(server) = request.server
+            && normalize_server_url(server) != normalize_server_url(&session.server_url)
+        {
+            tracing::warn!(
+                server = %session.server_url,
+                "--server is ignored when resuming; using the session's server"
+            );
+        }
+        if !request.session_type.is_empty() && session.session_type != request.session_type {
+            tracing::warn!(
+                session_type = %session.session_type,
+                requested = %request.session_type,
+                "resuming a session of another type"
+            );
+        }
+        let guard = SessionGuard::acquire(store.clone(), session)?;
+        drop(lock);
+        return Ok((guard, SessionOrigin::Resumed));
+    }
+
+    let cwd = request.cwd.to_string_lossy().into_owned();
+    if request.continue_latest {
+        let lock = lock_store(store).await?;
+        let session = match store.find_latest_session(&cwd, request.session_type) {
+            Ok(s) => s,
+            Err(StateError::NoResumableSession) => {
+                return Err(ChooseError::NothingToContinue {
+                    dir: cwd,
+                    session_type: request.session_type.to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let guard = SessionGuard::acquire(store.clone(), session)?;
+        drop(lock);
+        return Ok((guard, SessionOrigin::Continued));
+    }
+
+    let server = match request.server {
+        Some(s) => normalize_server_url(s),
+        None => match auth.credentials().load() {
+            Ok(Some(c)) if !c.server_url.is_empty() => normalize_server_url(&c.server_url),
+            _ => DEFAULT_SERVER.to_owned(),
+        },
+    };
+    let name = match request.name {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => default_name(request.session_type),
+    };
+    let token = token_or_login(auth, &server, ui, cancel, false).await?;
+    let registered = match auth
+        .register(&server, &token, &name, request.session_type)
+        .await
+    {
+        Err(e) if e.needs_relogin() => {
+            tracing::warn!(error = %e, "registration refused; logging in again");
+            let token = token_or_login(auth, &server, ui, cancel, true).await?;
+            auth.register(&server, &token, &name, request.session_type)
+                .await?
+        }
+        other => other?,
+    };
+    let session = Session {
+        sandbox_id: registered.sandbox_id,
+        tunnel_token: registered.tunnel_token,
+        proxy_token: registered.proxy_token,
+        workspace_id: registered.workspace_id,
+        name,
+        session_type: request.session_type.to_owned(),
+        server_url: server,
+        dir: cwd,
+        created_at: rfc3339::now_local(),
+        pid: None,
+    };
+    let lock = lock_store(store).await?;
+    let guard = SessionGuard::acquire(store.clone(), session)?;
+    drop(lock);
+    Ok((guard, SessionOrigin::Registered))
+}
+
+/// A valid access token for `server`, logging in interactively when there is none (or always,
+/// with `force_login`).
+async fn token_or_login(
+    auth: &AuthContext,
+    server: &str,
+    ui: &dyn LoginUi,
+    cancel: &CancellationToken,
+    force_login: bool,
+) -> Result<Secret, ChooseError> {
+    if !force_login {
+        match auth.ensure_valid_token(server).await {
+            Ok(t) => return Ok(t),
+            Err(e) => tracing::info!(reason = %e.reason, "login needed"),
+        }
+    }
+    auth.login(server, ui, cancel).await?;
+    Ok(auth.ensure_valid_token(server).await?)
+}
+
+/// The sandbox name when `--name` is not given: the hostname, else upstream's fallback
+/// ("Claude Code Agent" for claudecode, "Local Agent" otherwise).
+pub fn default_name(session_type: &str) -> String {
+    sysinfo::System::host_name()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| {
+            if session_type == "claudecode" {
+                "Claude Code Agent".to_owned()
+            } else {
+                "Local Agent".to_owned()
+            }
+        })
+}
+
+async fn lock_store(store: &SessionStore) -> Result<LockFile, StateError> {
+    let store2 = store.clone();
+    match tokio::task::spawn_blocking(move || store2.lock()).await {
+        Ok(r) => r,
+        Err(join) => Err(StateError::Io {
+            path: store.dir().to_path_buf(),
+            source: std::io::Error::other(join.to_string()),
+        }),
+    }
+}

@@ -1,0 +1,232 @@
+//! Support for the tunnel tests and the tunnel benchmark: a local HTTP server to proxy to, a
+//! deterministic byte pattern, and a fixture that runs the host's tunnel against the mock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentserver::secret::Secret;
+use agentserver::tunnel::{InfoSource, Tunnel, TunnelConfig, TunnelError, TunnelStatus};
+use agentserver_mock::{MockConfig, MockServer, SandboxRecord};
+use agentserver_plugin_api::Backend;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Byte `i` of the test pattern (not periodic on any power of two, so misplaced chunks show).
+pub fn pattern_byte(i: u64) -> u8 {
+    ((i.wrapping_mul(7)).wrapping_add(i >> 13) % 251) as u8
+}
+
+/// `len` bytes of the pattern starting at `offset`.
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern_byte(offset + i)).collect()
+}
+
+/// True when `data` is exactly the first `data.len()` pattern bytes.
+pub fn is_pattern(data: &[u8]) -> bool {
+    data.iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i as u64))
+}
+
+#[derive(serde::Deserialize)]
+struct SseQuery {
+    events: Option<u32>,
+    interval_ms: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlowQuery {
+    ms: Option<u64>,
+}
+
+/// The local HTTP server's routes:
+/// * `GET /bytes/{n}`: `n` pattern bytes, streamed in 64 KiB chunks;
+/// * `POST /echo`: the request body back, with `X-Request-Method`;
+/// * `GET /sse?events=N&interval_ms=M`: `text/event-stream`, one `data: i` event every M ms;
+/// * `GET /slow?ms=N`: answers `slow ok` after N ms;
+/// * `GET /small`: `ok`;
+/// * `GET /headers`: the request headers as a JSON object (first value each);
+/// * `GET /gzip`: a fixed body labelled `Content-Encoding: gzip` (must pass through verbatim);
+/// * `GET /multi`: two `Set-Cookie` headers.
+pub fn local_router() -> Router {
+    Router::new()
+        .route("/bytes/{n}", get(bytes_route))
+        .route("/echo", post(echo_route))
+        .route("/sse", get(sse_route))
+        .route("/slow", get(slow_route))
+        .route("/small", get(|| async { "ok" }))
+        .route("/headers", get(headers_route))
+        .route(
+            "/gzip",
+            get(|| async {
+                (
+                    [("content-encoding", "gzip"), ("content-type", "text/plain")],
+                    Bytes::from_static(b"\x1f\x8b\x08\x00not-really-gzip"),
+                )
+            }),
+        )
+        .route(
+            "/multi",
+            get(|| async {
+                let mut h = HeaderMap::new();
+                h.append("set-cookie", "a=1".parse().unwrap());
+                h.append("set-cookie", "b=2".parse().unwrap());
+                (h, "multi")
+            }),
+        )
+}
+
+async fn bytes_route(Path(n): Path<u64>) -> Response {
+    const CHUNK: u64 = 64 * 1024;
+    let stream = futures_util::stream::iter((0..n.div_ceil(CHUNK)).map(move |c| {
+        let start = c * CHUNK;
+        let len = CHUNK.min(n - start) as usize;
+        Ok::<_, std::io::Error>(Bytes::from(pattern(start, len)))
+    }));
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn echo_route(method: axum::http::Method, body: Bytes) -> Response {
+    ([("x-request-method", method.to_string())], body).into_response()
+}
+
+async fn sse_route(Query(q): Query<SseQuery>) -> Response {
+    let events = q.events.unwrap_or(5);
+    let interval = Duration::from_millis(q.interval_ms.unwrap_or(500));
+    let stream = futures_util::stream::unfold(0u32, move |i| async move {
+        if i >= events {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("data: {i}\n\n"))),
+            i + 1,
+        ))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn slow_route(Query(q): Query<SlowQuery>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(q.ms.unwrap_or(5000))).await;
+    "slow ok"
+}
+
+async fn headers_route(headers: HeaderMap) -> Response {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    (StatusCode::OK, axum::Json(serde_json::Value::Object(map))).into_response()
+}
+
+/// Starts the local HTTP server on 127.0.0.1; returns its base URL.
+pub async fn start_local_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, local_router()).await;
+    });
+    format!("http://{addr}")
+}
+
+/// An [`InfoSource`] that always reports `json`.
+pub fn fixed_info(json: &'static str) -> InfoSource {
+    Arc::new(move || async move { json.as_bytes().to_vec() }.boxed())
+}
+
+/// The host's tunnel running against a mock.
+pub struct TunnelFixture {
+    /// The mock server.
+    pub mock: MockServer,
+    /// The sandbox the tunnel serves.
+    pub sandbox: SandboxRecord,
+    /// The tunnel (for events and status).
+    pub tunnel: Arc<Tunnel>,
+    /// Cancels the tunnel.
+    pub cancel: CancellationToken,
+    /// The running [`Tunnel::run`].
+    pub task: JoinHandle<Result<(), TunnelError>>,
+}
+
+impl TunnelFixture {
+    /// Starts a mock with `mock_config`, a sandbox, and the tunnel (configured by `tweak`)
+    /// serving `backend`; waits until the tunnel is connected.
+    pub async fn start(
+        mock_config: MockConfig,
+        backend: Arc<dyn Backend>,
+        info: InfoSource,
+        tweak: impl FnOnce(&mut TunnelConfig),
+    ) -> Self {
+        let mock = MockServer::start(mock_config).await.unwrap();
+        let sandbox = mock.state().add_sandbox("tunnel-test", "custom");
+        let mut config = TunnelConfig::new(
+            mock.url(),
+            sandbox.id.clone(),
+            Secret::new(sandbox.tunnel_token.clone()),
+        );
+        tweak(&mut config);
+        let tunnel = Arc::new(Tunnel::new(config, backend, info));
+        let mut status = tunnel.status();
+        let cancel = CancellationToken::new();
+        let task = {
+            let tunnel = Arc::clone(&tunnel);
+            let cancel = cancel.clone();
+            tokio::spawn(async move { tunnel.run(cancel).await })
+        };
+        let fixture = Self {
+            mock,
+            sandbox,
+            tunnel,
+            cancel,
+            task,
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| *s == TunnelStatus::Connected),
+        )
+        .await;
+        fixture.wait_connected().await;
+        fixture
+    }
+
+    /// Waits (≤ 10 s) until the mock sees the sandbox's tunnel.
+    pub async fn wait_connected(&self) {
+        let id = self.sandbox.id.clone();
+        let ok = self
+            .mock
+            .state()
+            .wait_until(Duration::from_secs(10), |s| s.tunnel.is_connected(&id))
+            .await;
+        assert!(ok, "tunnel did not connect");
+    }
+
+    /// Stops the tunnel and waits for it.
+    pub async fn stop(self) -> Result<(), TunnelError> {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("tunnel did not stop")
+            .expect("tunnel task panicked")
+    }
+}

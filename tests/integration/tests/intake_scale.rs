@@ -1,0 +1,127 @@
+//! Many tasks through the mock while it fails: every task gets exactly one final status and
+//! all its events, in order, in the mock's bridge log.
+
+mod intake_support;
+
+use std::time::{Duration, Instant};
+
+use agentserver_integration::test_backend::TestBackend;
+use intake_support::{Env, assert_events_in_order, assert_one_final, start_intake};
+
+/// Number of tasks (the issue asks for 500; see docs/decisions/intake.md if lowered).
+const TASKS: usize = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_survive_503s_and_a_restart_exactly_once() {
+    let mut env = Env::start(true).await;
+    let state = env.state();
+    let ids: Vec<String> = (0..TASKS)
+        .map(|i| state.create_task(&env.sandbox.id, &format!("events:{} succeed", i % 7)))
+        .collect();
+
+    let mut config = env.config();
+    config.max_concurrent_tasks = 8;
+    let backend = TestBackend::new();
+    let started = Instant::now();
+    let running = start_intake(config, backend.clone());
+
+    let finished = |s: &agentserver_mock::MockState| {
+        s.tasks()
+            .iter()
+            .filter(|t| agentserver_mock::state::is_final_status(&t.status))
+            .count()
+    };
+
+    // Some tasks done, then the server answers 503 to everything for 10 s.
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| finished(s) >= 40)
+            .await
+    );
+    state.fail_with(503, Duration::from_secs(10));
+    let outage_start = finished(&state);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // During the outage nothing could be reported.
+    let after_outage = finished(&state);
+    assert!(
+        after_outage <= outage_start + 16,
+        "statuses got through during the outage: {outage_start} -> {after_outage}"
+    );
+
+    // Once it is back, let some more through and restart it (state kept, connections cut).
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| finished(s)
+                >= after_outage + 40)
+            .await
+    );
+    env.mock.restart().await.expect("mock restarts");
+
+    assert!(
+        state
+            .wait_until(Duration::from_secs(60), |s| finished(s) == TASKS)
+            .await,
+        "only {} of {TASKS} tasks finished",
+        finished(&state)
+    );
+    let summary = running.stop().await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(summary.tasks_received, TASKS as u64);
+    assert_eq!(summary.unreported, 0);
+    for id in &ids {
+        let t = state.task(id).expect("task");
+        assert_one_final(&t, "completed");
+        assert_events_in_order(&state, &t);
+    }
+    assert!(
+        env.outbox_files().is_empty(),
+        "outbox not empty: {:?}",
+        env.outbox_files()
+    );
+    assert_eq!(
+        backend
+            .stats()
+            .started
+            .load(std::sync::atomic::Ordering::SeqCst),
+        TASKS,
+        "every task ran exactly once"
+    );
+    // The faults really hit the host: some statuses and event batches had to be sent again.
+    let requests = state.requests();
+    let status_puts = requests
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/status"))
+        .count();
+    let event_posts = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/worker/events"))
+        .count();
+    let stored_batches: usize = ids
+        .iter()
+        .map(|id| {
+            let sid = state.task(id).unwrap().session_id.unwrap();
+            state
+                .bridge_log(&sid)
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e.op,
+                        agentserver_mock::bridge::BridgeOp::Events {
+                            http_status: 200,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        })
+        .sum();
+    assert!(
+        status_puts > TASKS,
+        "no status was retried ({status_puts} PUTs)"
+    );
+    assert!(event_posts > stored_batches, "no event batch was retried");
+    eprintln!(
+        "{TASKS} tasks in {elapsed:?} (10 s of it a 503 outage); {status_puts} status PUTs, {event_posts} event POSTs for {stored_batches} batches"
+    );
+}
