@@ -16,9 +16,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentserver::plugins::Permissions;
 use agentserver::plugins::native::{NativeBackend, load_library};
 use agentserver::plugins::wasm::{self, ComponentSettings, bundled};
-use agentserver::plugins::Permissions;
 use agentserver_plugin_api::{
     Backend, BackendInfo, CancellationToken, EventSink, SessionType, Task, TaskOutcome,
 };
@@ -37,7 +37,12 @@ impl Backend for BuiltinNoop {
         }
     }
 
-    async fn execute(&self, _task: Task, _events: EventSink, _cancel: CancellationToken) -> TaskOutcome {
+    async fn execute(
+        &self,
+        _task: Task,
+        _events: EventSink,
+        _cancel: CancellationToken,
+    ) -> TaskOutcome {
         TaskOutcome::completed("")
     }
 }
@@ -64,7 +69,10 @@ fn profile_dir() -> PathBuf {
 }
 
 fn native_rust_example() -> PathBuf {
-    let stem = format!("{}agentserver_example_native_rust", std::env::consts::DLL_PREFIX);
+    let stem = format!(
+        "{}agentserver_example_native_rust",
+        std::env::consts::DLL_PREFIX
+    );
     let profile = profile_dir();
     let mut found: Vec<PathBuf> = [profile.clone(), profile.join("deps")]
         .iter()
@@ -80,7 +88,9 @@ fn native_rust_example() -> PathBuf {
         })
         .collect();
     found.sort_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
-    found.pop().expect("build the native Rust example first (cargo build -p agentserver-example-native-rust)")
+    found.pop().expect(
+        "build the native Rust example first (cargo build -p agentserver-example-native-rust)",
+    )
 }
 
 fn build_c_example(out: &Path) -> Option<PathBuf> {
@@ -106,12 +116,16 @@ async fn per_call(backend: &Arc<dyn Backend>, iterations: u32) -> Duration {
     // Warm up.
     for _ in 0..iterations / 10 + 1 {
         let (sink, _rx) = EventSink::channel(4);
-        backend.execute(task.clone(), sink, CancellationToken::new()).await;
+        backend
+            .execute(task.clone(), sink, CancellationToken::new())
+            .await;
     }
     let start = Instant::now();
     for _ in 0..iterations {
         let (sink, _rx) = EventSink::channel(4);
-        let outcome = backend.execute(task.clone(), sink, CancellationToken::new()).await;
+        let outcome = backend
+            .execute(task.clone(), sink, CancellationToken::new())
+            .await;
         assert_eq!(outcome.result.as_deref(), Some(""), "{outcome:?}");
     }
     start.elapsed() / iterations
@@ -125,7 +139,9 @@ async fn main() {
         .unwrap_or(2000);
     let samples = 10;
     let tmp = tempfile::tempdir().expect("temp dir");
-    println!("agentserver plugin benchmark ({iterations} calls per backend, median of {samples} for loads)");
+    println!(
+        "agentserver plugin benchmark ({iterations} calls per backend, median of {samples} for loads)"
+    );
     println!();
 
     // Native load time: every copy is a distinct library for the dynamic loader.
@@ -142,9 +158,13 @@ async fn main() {
         last = Some(lib);
     }
     let rust_native = last.expect("loaded");
-    println!("native load (dlopen + entry + checks + describe), Rust example: {}", ms(median(loads)));
+    println!(
+        "native load (dlopen + entry + checks + describe), Rust example: {}",
+        ms(median(loads))
+    );
 
-    let c_native = build_c_example(tmp.path()).map(|lib| load_library(&lib).expect("load C example"));
+    let c_native =
+        build_c_example(tmp.path()).map(|lib| load_library(&lib).expect("load C example"));
 
     // WASM: cold compile, cached load, instantiation.
     let bytes = bundled::component_bytes().expect("build example component");
@@ -156,7 +176,11 @@ async fn main() {
             start.elapsed()
         })
         .collect();
-    println!("WASM cold compile (bundled example, {} bytes): {}", bytes.len(), ms(median(compiles)));
+    println!(
+        "WASM cold compile (bundled example, {} bytes): {}",
+        bytes.len(),
+        ms(median(compiles))
+    );
     wasm::compile(&bytes, Path::new("example.wasm"), Some(&cache_dir)).expect("fill cache");
     let cached: Vec<Duration> = (0..samples)
         .map(|_| {
@@ -167,7 +191,10 @@ async fn main() {
             start.elapsed()
         })
         .collect();
-    println!("WASM cached load (deserialize from disk): {}", ms(median(cached)));
+    println!(
+        "WASM cached load (deserialize from disk): {}",
+        ms(median(cached))
+    );
 
     let settings = ComponentSettings {
         name: "wasm-example".into(),
@@ -186,7 +213,10 @@ async fn main() {
             start.elapsed()
         })
         .collect();
-    println!("WASM per-task instantiation (fresh store + instance): {}", us(median(inst)));
+    println!(
+        "WASM per-task instantiation (fresh store + instance): {}",
+        us(median(inst))
+    );
     println!();
 
     let builtin: Arc<dyn Backend> = Arc::new(BuiltinNoop);
@@ -216,11 +246,19 @@ async fn main() {
     let ratio = |t: Duration| t.as_secs_f64() / t_builtin.as_secs_f64();
     println!("no-op execute, per call (ratio to the built-in Rust backend):");
     println!("  built-in Rust backend: {}  (1.0x)", us(t_builtin));
-    println!("  native Rust plugin:    {}  ({:.1}x)", us(t_rust), ratio(t_rust));
+    println!(
+        "  native Rust plugin:    {}  ({:.1}x)",
+        us(t_rust),
+        ratio(t_rust)
+    );
     if let Some(t_c) = t_c {
         println!("  native C plugin:       {}  ({:.1}x)", us(t_c), ratio(t_c));
     }
-    println!("  WASM component:        {}  ({:.1}x)", us(t_wasm), ratio(t_wasm));
+    println!(
+        "  WASM component:        {}  ({:.1}x)",
+        us(t_wasm),
+        ratio(t_wasm)
+    );
     println!(
         "  WASM / native Rust:    {:.1}x",
         t_wasm.as_secs_f64() / t_rust.as_secs_f64()

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod secret;
 pub mod state;
 pub mod tunnel;
+pub mod worker;
 
 /// The host's version as reported in agent info (`agent_version`) and by `agentserver version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

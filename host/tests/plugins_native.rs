@@ -24,12 +24,22 @@ fn registry(options: &plugins::PluginOptions) -> BackendRegistry {
 async fn rust_example_runs_through_the_dispatcher() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
-    write_plugin(&root, "native-rust-example", "native", &native_rust_example(), "1.0.0", "");
+    write_plugin(
+        &root,
+        "native-rust-example",
+        "native",
+        &native_rust_example(),
+        "1.0.0",
+        "",
+    );
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["native-rust-example".into()];
 
     let registry = registry(&options);
-    assert_eq!(registry.session_type("native-rust-example"), Some(SessionType::Custom));
+    assert_eq!(
+        registry.session_type("native-rust-example"),
+        Some(SessionType::Custom)
+    );
     let backend = registry
         .resolve("native-rust-example", &BackendSpec::default())
         .unwrap();
@@ -61,13 +71,25 @@ async fn native_plugins_need_the_users_permission() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
     let state = tmp.path().join("state");
-    write_plugin(&root, "native-rust-example", "native", &native_rust_example(), "1.0.0", "");
+    write_plugin(
+        &root,
+        "native-rust-example",
+        "native",
+        &native_rust_example(),
+        "1.0.0",
+        "",
+    );
     let options = options(&state, &root);
 
-    let err = plugins::load_backend("native-rust-example", &options).err().unwrap();
+    let err = plugins::load_backend("native-rust-example", &options)
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::NativeNotAllowed { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("--allow-native native-rust-example"), "{text}");
+    assert!(
+        text.contains("--allow-native native-rust-example"),
+        "{text}"
+    );
     assert!(text.contains("config.toml"), "{text}");
 
     // Listing it in the config file is enough.
@@ -85,12 +107,24 @@ async fn native_plugins_need_the_users_permission() {
 async fn a_panicking_plugin_fails_the_task_and_the_host_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
-    write_plugin(&root, "native-rust-example", "native", &native_rust_example(), "1.0.0", "");
+    write_plugin(
+        &root,
+        "native-rust-example",
+        "native",
+        &native_rust_example(),
+        "1.0.0",
+        "",
+    );
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["native-rust-example".into()];
     let backend = plugins::load_backend("native-rust-example", &options).unwrap();
 
-    let (outcome, _) = run(&backend, task("panic", tmp.path()), CancellationToken::new()).await;
+    let (outcome, _) = run(
+        &backend,
+        task("panic", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, TaskStatus::Failed);
     assert_eq!(outcome.failure_kind, Some(FailureKind::System));
     let reason = outcome.failure_reason.unwrap();
@@ -98,7 +132,12 @@ async fn a_panicking_plugin_fails_the_task_and_the_host_keeps_serving() {
     assert!(reason.contains("asked to panic"), "{reason}");
 
     // Same backend, same library: still serving.
-    let (outcome, events) = run(&backend, task("still here", tmp.path()), CancellationToken::new()).await;
+    let (outcome, events) = run(
+        &backend,
+        task("still here", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.result.as_deref(), Some("here still"));
     assert_eq!(events.len(), 3);
 }
@@ -107,7 +146,14 @@ async fn a_panicking_plugin_fails_the_task_and_the_host_keeps_serving() {
 async fn cancellation_reaches_the_plugin_through_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
-    write_plugin(&root, "native-rust-example", "native", &native_rust_example(), "1.0.0", "");
+    write_plugin(
+        &root,
+        "native-rust-example",
+        "native",
+        &native_rust_example(),
+        "1.0.0",
+        "",
+    );
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["native-rust-example".into()];
     let backend = plugins::load_backend("native-rust-example", &options).unwrap();
@@ -117,30 +163,60 @@ async fn cancellation_reaches_the_plugin_through_the_flag() {
     let (sink, mut rx) = agentserver_plugin_api::EventSink::channel(8);
     let run = {
         let backend = Arc::clone(&backend);
-        tokio::spawn(async move { backend.execute(task("wait-for-cancel", tmp.path()), sink, cancel).await })
+        tokio::spawn(async move {
+            backend
+                .execute(task("wait-for-cancel", tmp.path()), sink, cancel)
+                .await
+        })
     };
     // Cancel once the plugin is inside its loop.
-    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(first.as_json().contains("waiting"));
     trigger.cancel();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.status, TaskStatus::Cancelled, "{outcome:?}");
-    assert_eq!(outcome.failure_reason.as_deref(), Some("cancelled by the host"));
+    assert_eq!(
+        outcome.failure_reason.as_deref(),
+        Some("cancelled by the host")
+    );
 }
 
 #[tokio::test]
 async fn a_native_deadline_fails_the_task() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
-    write_plugin(&root, "native-rust-example", "native", &native_rust_example(), "1.0.0", "");
+    write_plugin(
+        &root,
+        "native-rust-example",
+        "native",
+        &native_rust_example(),
+        "1.0.0",
+        "",
+    );
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["native-rust-example".into()];
     options.task_timeout = Some(Duration::from_millis(300));
     let backend = plugins::load_backend("native-rust-example", &options).unwrap();
     let started = Instant::now();
-    let (outcome, _) = run(&backend, task("wait-for-cancel", tmp.path()), CancellationToken::new()).await;
+    let (outcome, _) = run(
+        &backend,
+        task("wait-for-cancel", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, TaskStatus::Failed, "{outcome:?}");
-    assert!(outcome.failure_reason.unwrap().contains("deadline of 300 ms"));
+    assert!(
+        outcome
+            .failure_reason
+            .unwrap()
+            .contains("deadline of 300 ms")
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -159,8 +235,15 @@ async fn c_example_proves_the_abi() {
     assert_eq!(loaded.description.name, "native-c-example");
 
     let registry = registry(&options);
-    let backend = registry.resolve("native-c-example", &BackendSpec::default()).unwrap();
-    let (outcome, events) = run(&backend, task("hello", tmp.path()), CancellationToken::new()).await;
+    let backend = registry
+        .resolve("native-c-example", &BackendSpec::default())
+        .unwrap();
+    let (outcome, events) = run(
+        &backend,
+        task("hello", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, TaskStatus::Completed, "{outcome:?}");
     assert_eq!(outcome.result.as_deref(), Some("C saw 5 bytes"));
     assert_eq!(outcome.num_turns, Some(1));
@@ -188,7 +271,12 @@ async fn c_example_proves_the_abi() {
             let backend = Arc::clone(&backend);
             let dir = tmp.path().to_owned();
             tokio::spawn(async move {
-                run(&backend, task(&"x".repeat(i + 1), &dir), CancellationToken::new()).await
+                run(
+                    &backend,
+                    task(&"x".repeat(i + 1), &dir),
+                    CancellationToken::new(),
+                )
+                .await
             })
         })
         .collect();
@@ -198,7 +286,12 @@ async fn c_example_proves_the_abi() {
     }
 }
 
-fn allowed_c_plugin(tmp: &std::path::Path, name: &str, defines: &[&str], api: &str) -> plugins::PluginOptions {
+fn allowed_c_plugin(
+    tmp: &std::path::Path,
+    name: &str,
+    defines: &[&str],
+    api: &str,
+) -> plugins::PluginOptions {
     let lib = build_c_plugin(tmp, &format!("lib{name}.so"), defines);
     let root = tmp.join("plugins");
     write_plugin(&root, name, "native", &lib, api, "");
@@ -213,11 +306,21 @@ fn wrong_abi_version_is_refused() {
     let options = allowed_c_plugin(tmp.path(), "bad-abi", &["EXAMPLE_ABI_VERSION=99"], "1.0.0");
     let err = plugins::load_backend("bad-abi", &options).err().unwrap();
     assert!(
-        matches!(err, PluginError::AbiMismatch { found: 99, expected: 1, .. }),
+        matches!(
+            err,
+            PluginError::AbiMismatch {
+                found: 99,
+                expected: 1,
+                ..
+            }
+        ),
         "{err}"
     );
     let text = err.to_string();
-    assert!(text.contains("C ABI version 99") && text.contains("C ABI version 1"), "{text}");
+    assert!(
+        text.contains("C ABI version 99") && text.contains("C ABI version 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -226,7 +329,10 @@ fn missing_entry_symbol_is_refused() {
     let options = allowed_c_plugin(tmp.path(), "no-entry", &["EXAMPLE_NO_ENTRY"], "1.0.0");
     let err = plugins::load_backend("no-entry", &options).err().unwrap();
     assert!(matches!(err, PluginError::MissingEntry { .. }), "{err}");
-    assert!(err.to_string().contains("agentserver_plugin_entry"), "{err}");
+    assert!(
+        err.to_string().contains("agentserver_plugin_entry"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -249,7 +355,12 @@ fn truncated_library_is_refused() {
 fn another_api_major_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     // The library says 2.0.0 although its manifest claims 1.0.0: the vtable wins.
-    let opts = allowed_c_plugin(tmp.path(), "api-two", &["EXAMPLE_API_VERSION=\"2.0.0\""], "1.0.0");
+    let opts = allowed_c_plugin(
+        tmp.path(),
+        "api-two",
+        &["EXAMPLE_API_VERSION=\"2.0.0\""],
+        "1.0.0",
+    );
     let err = plugins::load_backend("api-two", &opts).err().unwrap();
     match &err {
         PluginError::IncompatibleApi {
@@ -272,6 +383,8 @@ fn another_api_major_is_refused_naming_both_versions() {
     write_plugin(&root, "manifest-two", "native", &missing, "2.1.0", "");
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["manifest-two".into()];
-    let err = plugins::load_backend("manifest-two", &options).err().unwrap();
+    let err = plugins::load_backend("manifest-two", &options)
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::IncompatibleApi { .. }), "{err}");
 }

@@ -148,7 +148,10 @@ world probe {
 "#;
 
 fn fixture(body: &str) -> String {
-    format!("(module\n{}\n{PRELUDE}\n)", body.replace("EXECUTE", EXECUTE))
+    format!(
+        "(module\n{}\n{PRELUDE}\n)",
+        body.replace("EXECUTE", EXECUTE)
+    )
 }
 
 fn build(body: &str) -> Vec<u8> {
@@ -189,7 +192,11 @@ async fn bundled_example_installs_and_runs_through_the_dispatcher() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("wasm-example.wasm"), bundled::component_bytes().unwrap()).unwrap();
+    std::fs::write(
+        src.join("wasm-example.wasm"),
+        bundled::component_bytes().unwrap(),
+    )
+    .unwrap();
     std::fs::write(src.join("plugin.toml"), bundled::MANIFEST).unwrap();
     let state = tmp.path().join("state");
     let options = plugins::PluginOptions::with_state_dir(state.clone());
@@ -198,9 +205,19 @@ async fn bundled_example_installs_and_runs_through_the_dispatcher() {
 
     let mut registry = BackendRegistry::new();
     assert!(plugins::register_all(&mut registry, &options).is_empty());
-    let backend = registry.resolve("wasm-example", &BackendSpec::default()).unwrap();
-    assert_eq!(backend.info().session_type, agentserver_plugin_api::SessionType::Custom);
-    let (outcome, events) = run(&backend, task("say \"hi\"", tmp.path()), CancellationToken::new()).await;
+    let backend = registry
+        .resolve("wasm-example", &BackendSpec::default())
+        .unwrap();
+    assert_eq!(
+        backend.info().session_type,
+        agentserver_plugin_api::SessionType::Custom
+    );
+    let (outcome, events) = run(
+        &backend,
+        task("say \"hi\"", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, TaskStatus::Completed, "{outcome:?}");
     assert_eq!(outcome.result.as_deref(), Some("say \"hi\""));
     assert_eq!(outcome.num_turns, Some(1));
@@ -221,7 +238,11 @@ async fn bundled_example_installs_and_runs_through_the_dispatcher() {
     let loaded = plugins::load_plugin(&plugin, &options).unwrap();
     assert_eq!(loaded.description.name, "wasm-example");
     assert_eq!(loaded.api_version, "1.0.0");
-    assert_eq!(loaded.from_cache, Some(true), "the registry's load filled the cache");
+    assert_eq!(
+        loaded.from_cache,
+        Some(true),
+        "the registry's load filled the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +252,10 @@ async fn bundled_example_backend_is_available_without_files() {
     let first = bundled::load(&options).unwrap();
     assert!(!first.from_cache);
     let second = bundled::load(&options).unwrap();
-    assert!(second.from_cache, "second load reads the compiled component from the cache");
+    assert!(
+        second.from_cache,
+        "second load reads the compiled component from the cache"
+    );
     let cached: Vec<_> = std::fs::read_dir(options.cache_dir.as_ref().unwrap())
         .unwrap()
         .filter_map(Result::ok)
@@ -240,7 +264,12 @@ async fn bundled_example_backend_is_available_without_files() {
     assert_eq!(cached.len(), 1);
     options.cache_dir = None;
     let backend = bundled::backend(&options).unwrap();
-    let (outcome, events) = run(&backend, task("hello", tmp.path()), CancellationToken::new()).await;
+    let (outcome, events) = run(
+        &backend,
+        task("hello", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.result.as_deref(), Some("hello"));
     assert_eq!(events.len(), 2);
 }
@@ -252,7 +281,12 @@ async fn an_infinite_loop_is_stopped_at_its_deadline() {
     settings.timeout = Duration::from_millis(500);
     let backend = load(&build(LOOP_BODY), &settings);
     let started = Instant::now();
-    let (outcome, _) = run(&backend, task("spin forever", tmp.path()), CancellationToken::new()).await;
+    let (outcome, _) = run(
+        &backend,
+        task("spin forever", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(outcome.status, TaskStatus::Failed, "{outcome:?}");
     assert_eq!(outcome.failure_kind, Some(FailureKind::System));
@@ -326,14 +360,23 @@ async fn files_outside_the_preopened_workdir_are_refused() {
     settings.permissions.workdir = true;
     let backend = load(&build_with_wasi(FS_BODY), &settings);
 
-    let (outcome, _) = run(&backend, task("inside.txt", &workdir), CancellationToken::new()).await;
+    let (outcome, _) = run(
+        &backend,
+        task("inside.txt", &workdir),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, TaskStatus::Completed, "{outcome:?}");
     assert_eq!(outcome.result.as_deref(), Some("opened"));
 
     for path in ["../outside.txt", "/etc/passwd", "sub/../../outside.txt"] {
         let (outcome, _) = run(&backend, task(path, &workdir), CancellationToken::new()).await;
         assert_eq!(outcome.status, TaskStatus::Failed, "{path}: {outcome:?}");
-        assert_eq!(outcome.failure_reason.as_deref(), Some("open-at refused"), "{path}");
+        assert_eq!(
+            outcome.failure_reason.as_deref(),
+            Some("open-at refused"),
+            "{path}"
+        );
         let code = outcome.num_turns.unwrap();
         assert!(
             [ACCESS, NOT_PERMITTED, NO_ENTRY].contains(&code),
@@ -345,13 +388,24 @@ async fn files_outside_the_preopened_workdir_are_refused() {
     let mut settings = settings.clone();
     settings.permissions.workdir = false;
     let backend = load(&build_with_wasi(FS_BODY), &settings);
-    let (outcome, _) = run(&backend, task("inside.txt", &workdir), CancellationToken::new()).await;
-    assert_eq!(outcome.failure_reason.as_deref(), Some("no preopened directory"));
+    let (outcome, _) = run(
+        &backend,
+        task("inside.txt", &workdir),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        outcome.failure_reason.as_deref(),
+        Some("no preopened directory")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_asked_and_granted_env_vars_are_visible() {
-    assert!(std::env::var_os("PATH").is_some(), "the test needs PATH set");
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the test needs PATH set"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("plugins");
     let file = tmp.path().join("env.wasm");
@@ -375,7 +429,12 @@ async fn only_asked_and_granted_env_vars_are_visible() {
     let plugin = plugins::find("env-probe", &options).unwrap();
     let loaded = plugins::load_plugin(&plugin, &options).unwrap();
     assert_eq!(loaded.effective_permissions.env, ["PATH"]);
-    let (outcome, _) = run(&loaded.backend, task("env", tmp.path()), CancellationToken::new()).await;
+    let (outcome, _) = run(
+        &loaded.backend,
+        task("env", tmp.path()),
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.result.as_deref(), Some("PATH,"), "{outcome:?}");
     assert_eq!(outcome.num_turns, Some(1));
 }

@@ -989,7 +989,13 @@ impl Stream {
             st.stop_timers();
             st.recv_buf.clear();
             st.recv_buffered = 0;
-            out.push_ctrl(Header::window_update(self.id, Flags::RST, 0));
+            st.wake_all();
+            // In order after the stream's queued data, like hashicorp's send queue.
+            out.push_data(OutFrame::header(Header::window_update(
+                self.id,
+                Flags::RST,
+                0,
+            )));
         }
     }
 

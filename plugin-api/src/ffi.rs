@@ -110,7 +110,10 @@ mod tests {
             std::mem::size_of::<AgentserverPluginVTable>(),
             8 + 4 * std::mem::size_of::<usize>()
         );
-        assert_eq!(std::mem::offset_of!(AgentserverPluginVTable, abi_version), 0);
+        assert_eq!(
+            std::mem::offset_of!(AgentserverPluginVTable, abi_version),
+            0
+        );
         assert_eq!(
             std::mem::size_of::<AgentserverHost>(),
             4 * std::mem::size_of::<usize>()

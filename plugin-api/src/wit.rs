@@ -17,7 +17,10 @@ pub const WASI_DEPS_V1: &[(&str, &str)] = &[
     ("io.wit", include_str!("../wit/v1/deps/io.wit")),
     ("clocks.wit", include_str!("../wit/v1/deps/clocks.wit")),
     ("random.wit", include_str!("../wit/v1/deps/random.wit")),
-    ("filesystem.wit", include_str!("../wit/v1/deps/filesystem.wit")),
+    (
+        "filesystem.wit",
+        include_str!("../wit/v1/deps/filesystem.wit"),
+    ),
     ("sockets.wit", include_str!("../wit/v1/deps/sockets.wit")),
     ("cli.wit", include_str!("../wit/v1/deps/cli.wit")),
 ];
@@ -40,7 +43,10 @@ mod tests {
     #[test]
     fn wit_package_version_matches_api_version() {
         let decl = format!("package {PACKAGE}@{};", crate::API_VERSION);
-        assert!(BACKEND_V1.contains(&decl), "backend.wit must declare {decl}");
+        assert!(
+            BACKEND_V1.contains(&decl),
+            "backend.wit must declare {decl}"
+        );
         assert_eq!(
             crate::ffi::semver_major(crate::API_VERSION),
             Some(crate::API_MAJOR)

@@ -151,8 +151,8 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
         let _ = writeln!(out, "\n{title}");
         let _ = writeln!(
             out,
-            "  {:<19}{:<14}{:<12}{:>8}  {}",
-            "NAME", "VERSION", "STATUS", "TIME", "PATH"
+            "  {:<19}{:<14}{:<12}{:>8}  PATH",
+            "NAME", "VERSION", "STATUS", "TIME"
         );
         let found = match category {
             tools::Category::Language => &caps.languages,

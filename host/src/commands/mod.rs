@@ -1,9 +1,11 @@
 //! One function per command. This is the binary's edge: errors become `anyhow` here.
 
+mod backends;
 mod dev_server;
 mod list;
 mod login;
 mod remove;
+mod run;
 mod task_worker;
 
 use std::process::ExitCode;
@@ -54,8 +56,7 @@ fn root_as_run(root: RootArgs) -> RunArgs {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
-    let _ = args;
-    not_yet("run", 6)
+    run::run(args).await
 }
 
 fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {

@@ -117,7 +117,10 @@ fn inspect(name: &str, options: &PluginOptions) -> Result<ExitCode> {
     }
     match plugins::load_plugin(&plugin, options) {
         Ok(loaded) => {
-            println!("api_version:  {} (read from the plugin)", loaded.api_version);
+            println!(
+                "api_version:  {} (read from the plugin)",
+                loaded.api_version
+            );
             if manifest.kind == PluginKind::Wasm {
                 let p = &loaded.effective_permissions;
                 println!(

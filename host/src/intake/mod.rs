@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use bridge::BridgeTimings;
 pub use client::{PolledTask, StatusBody};
-pub use runner::{INTERRUPT_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason};
+pub use runner::{
+    INTERRUPT_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason,
+};
 
 use backoff::jittered;
 use bridge::BridgeClient;
@@ -147,6 +149,8 @@ pub enum IntakeEvent {
     Started {
         /// The task.
         task_id: String,
+        /// When.
+        at: std::time::Instant,
     },
     /// The server has no bridge (sent once).
     NoBridge,
@@ -156,6 +160,8 @@ pub enum IntakeEvent {
         task_id: String,
         /// What will be sent.
         status: StatusBody,
+        /// When it was written to the outbox.
+        at: std::time::Instant,
     },
     /// The server accepted the task's status.
     StatusAcked {
@@ -184,6 +190,8 @@ pub struct IntakeSummary {
     pub tasks_received: u64,
     /// Outbox entries replayed at start.
     pub replayed: usize,
+    /// Tasks an earlier run received but never finished (reported as failed at start).
+    pub orphaned: usize,
     /// Statuses still undelivered at exit (kept in the outbox).
     pub unreported: usize,
 }
@@ -407,6 +415,16 @@ impl Intake {
         for entry in pending {
             shared.reporter.deliver(entry, true);
         }
+        let orphans = shared.outbox.orphans()?;
+        summary.orphaned = orphans.len();
+        for task_id in orphans {
+            tracing::warn!(task = %task_id, "this task was running when the host stopped; reporting it as failed");
+            runner::finalize(
+                &shared,
+                &task_id,
+                StatusBody::failed(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}")),
+            );
+        }
 
         let drain = self.handle.drain.clone();
         let max = shared.config.max_concurrent_tasks;
@@ -444,6 +462,12 @@ impl Intake {
                         } else {
                             tracing::debug!(count = tasks.len(), "received tasks");
                             summary.tasks_received += tasks.len() as u64;
+                            if let Err(err) = shared
+                                .outbox
+                                .mark_received(tasks.iter().map(|t| t.task_id.as_str()))
+                            {
+                                tracing::error!(%err, "cannot note received tasks on disk");
+                            }
                             for t in &tasks {
                                 shared.ledger.received(&t.task_id);
                                 let _ = shared.events.send(IntakeEvent::Polled {

@@ -127,6 +127,70 @@ impl Outbox {
         Ok(to)
     }
 
+    fn received_dir(&self) -> PathBuf {
+        self.dir.join("received")
+    }
+
+    /// Notes durably that these tasks were received (before they run), so a host killed while
+    /// running them can report them at its next start ([`Outbox::orphans`]). One directory
+    /// fsync for the whole batch; the marker's existence is what counts.
+    pub fn mark_received<'a>(
+        &self,
+        task_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), OutboxError> {
+        let dir = self.received_dir();
+        create_private_dir(&dir)?;
+        for id in task_ids {
+            let path = dir.join(file_stem(id));
+            let mut f = private_file(&path).map_err(io("create", &path))?;
+            f.write_all(id.as_bytes()).map_err(io("write", &path))?;
+        }
+        sync_dir(&dir);
+        Ok(())
+    }
+
+    /// Drops a task's "received" marker (its outcome entry is on disk, or it was delivered).
+    pub fn clear_received(&self, task_id: &str) {
+        let path = self.received_dir().join(file_stem(task_id));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(path = %path.display(), %err, "cannot remove task marker"),
+        }
+    }
+
+    /// Tasks received by an earlier run that never got an outcome entry (the host died while
+    /// they ran). Their markers are left for the caller to clear once it has written outcomes.
+    pub fn orphans(&self) -> Result<Vec<String>, OutboxError> {
+        let dir = self.received_dir();
+        let read = match std::fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("read", &dir)(e)),
+        };
+        let mut ids = Vec::new();
+        for item in read {
+            let item = item.map_err(io("read", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let id = std::fs::read_to_string(item.path())
+                .ok()
+                .filter(|text| file_stem(text) == name)
+                .or_else(|| id_from_stem(&name));
+            let Some(id) = id else { continue };
+            if self.path_of(&id).exists() {
+                // Outcome written, marker not yet cleared.
+                self.clear_received(&id);
+                continue;
+            }
+            ids.push(id);
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// All pending entries, oldest first. Unreadable files are skipped with a warning.
     pub fn pending(&self) -> Result<Vec<OutboxEntry>, OutboxError> {
         let mut entries = Vec::new();
@@ -170,8 +234,18 @@ pub fn file_stem(id: &str) -> String {
     }
 }
 
+/// The id a [`file_stem`] came from.
+pub fn id_from_stem(stem: &str) -> Option<String> {
+    match stem.strip_prefix("x-") {
+        Some(hex_part) => hex::decode(hex_part)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(stem.to_owned()),
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), OutboxError> {
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    crate::state::fsutil::ensure_private_dir(dir).map_err(io("create", dir))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -247,10 +321,27 @@ mod tests {
     }
 
     #[test]
+    fn received_markers_find_orphans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(tmp.path(), "sbx").unwrap();
+        ob.mark_received(["task_a", "task_b", "we/ird"]).unwrap();
+        ob.write(&entry("task_b", "2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(ob.orphans().unwrap(), ["task_a", "we/ird"]);
+        ob.clear_received("task_a");
+        ob.clear_received("we/ird");
+        assert!(ob.orphans().unwrap().is_empty());
+        // The entry itself is still pending; only markers are gone.
+        assert_eq!(ob.pending().unwrap().len(), 1);
+    }
+
+    #[test]
     fn stems_are_safe() {
         assert_eq!(file_stem("task_1-a.b"), "task_1-a.b");
         assert_eq!(file_stem("a/b"), "x-612f62");
         assert_eq!(file_stem(".."), "x-2e2e");
         assert_eq!(file_stem(""), "x-");
+        for id in ["task_1", "a/b", "..", ""] {
+            assert_eq!(id_from_stem(&file_stem(id)).as_deref(), Some(id));
+        }
     }
 }

@@ -23,6 +23,9 @@ use super::{IntakeEvent, Shared};
 pub const SHUTDOWN_REASON: &str = "cancelled by host shutdown";
 /// `failure_reason` of a task cancelled by a `control_request` interrupt from the bridge.
 pub const INTERRUPT_REASON: &str = "cancelled by interrupt request";
+/// `failure_reason` (after [`SYSTEM_PREFIX`]) of a task found unfinished at start: the host
+/// died (crash, SIGKILL, power loss) while running it.
+pub const ORPHAN_REASON: &str = "the host stopped while the task was running";
 /// Prefix of the `failure_reason` of system failures (the host or the backend broke).
 pub const SYSTEM_PREFIX: &str = "system error: ";
 
@@ -86,6 +89,9 @@ pub(crate) fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
     };
     let written = shared.outbox.write(&entry);
     shared.ledger.finished(task_id);
+    if written.is_ok() {
+        shared.outbox.clear_received(task_id);
+    }
     if let Err(err) = written {
         // Still try to deliver it; only durability across a crash is lost.
         tracing::error!(task = %task_id, %err, "cannot write the task status to the outbox");
@@ -99,6 +105,7 @@ pub(crate) fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
     let _ = shared.events.send(IntakeEvent::Finished {
         task_id: task_id.to_owned(),
         status: entry.body.clone(),
+        at: std::time::Instant::now(),
     });
     shared.reporter.deliver(entry, false);
 }
@@ -115,6 +122,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
     let task_id = polled.task_id.clone();
     let _ = shared.events.send(IntakeEvent::Started {
         task_id: task_id.clone(),
+        at: std::time::Instant::now(),
     });
     let ctl = Arc::new(TaskCtl {
         cancel: cancel.clone(),

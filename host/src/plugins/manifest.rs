@@ -159,7 +159,9 @@ impl Manifest {
         }
         for var in &self.permissions.env {
             if var.is_empty() || var.contains('=') || var.contains('\0') {
-                return Err(bad(format!("permissions.env entry `{var}` is not a variable name")));
+                return Err(bad(format!(
+                    "permissions.env entry `{var}` is not a variable name"
+                )));
             }
         }
         if self.limits.memory_mb == Some(0) || self.limits.timeout_secs == Some(0) {

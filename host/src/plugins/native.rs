@@ -25,7 +25,7 @@ use agentserver_plugin_api::{
 };
 use async_trait::async_trait;
 
-use super::{DiscoveredPlugin, LoadedPlugin, PluginError, PluginOptions, Permissions};
+use super::{DiscoveredPlugin, LoadedPlugin, Permissions, PluginError, PluginOptions};
 
 /// A loaded library and its checked vtable. Lives for the rest of the process.
 #[derive(Debug)]
@@ -55,12 +55,11 @@ pub fn load_library(path: &Path) -> Result<&'static NativeLibrary, PluginError> 
     check_elf(&path)?;
     // SAFETY: loading a library runs its initialisers. Native plugins are trusted code: the
     // caller has checked that the user allowed this one.
-    let library = unsafe { libloading::Library::new(&path) }.map_err(|e| {
-        PluginError::NativeLoad {
+    let library =
+        unsafe { libloading::Library::new(&path) }.map_err(|e| PluginError::NativeLoad {
             path: path.clone(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     // Never unloaded, even when refused below: its initialisers already ran.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol's type is the one the ABI specifies.
@@ -141,7 +140,11 @@ fn check_elf(path: &Path) -> Result<(), PluginError> {
         return Ok(());
     }
     let len = bytes.len() as u64;
-    let truncated = |what: &str| refuse(format!("truncated file ({len} bytes): {what} lies past its end"));
+    let truncated = |what: &str| {
+        refuse(format!(
+            "truncated file ({len} bytes): {what} lies past its end"
+        ))
+    };
     let (is64, little) = match (bytes.get(4), bytes.get(5)) {
         (Some(1), Some(1)) => (false, true),
         (Some(1), Some(2)) => (false, false),
@@ -160,7 +163,11 @@ fn check_elf(path: &Path) -> Result<(), PluginError> {
         Some(value)
     };
     let header = |off64: u64, off32: u64, size64: usize, size32: usize| {
-        if is64 { read(off64, size64) } else { read(off32, size32) }
+        if is64 {
+            read(off64, size64)
+        } else {
+            read(off32, size32)
+        }
     };
     let fields = (|| {
         Some((
@@ -219,7 +226,9 @@ impl NativeLibrary {
 /// Copies a plugin-owned string and hands it back to the plugin's `free_string`.
 fn take_plugin_string(vtable: &AgentserverPluginVTable, raw: *mut c_char) -> String {
     // SAFETY: `raw` is a non-NULL NUL-terminated string the plugin returned.
-    let text = unsafe { CStr::from_ptr(raw) }.to_string_lossy().into_owned();
+    let text = unsafe { CStr::from_ptr(raw) }
+        .to_string_lossy()
+        .into_owned();
     // SAFETY: freed once, by the side that allocated it.
     unsafe { (vtable.free_string)(raw) };
     text
@@ -282,7 +291,12 @@ pub struct NativeBackend {
 
 impl NativeBackend {
     /// Wraps an already loaded library (benchmarks, tests).
-    pub fn new(name: &str, lib: &'static NativeLibrary, timeout: Duration, grace: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        lib: &'static NativeLibrary,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             version: String::new(),
@@ -411,7 +425,12 @@ impl Backend for NativeBackend {
         }
     }
 
-    async fn execute(&self, task: Task, events: EventSink, cancel: CancellationToken) -> TaskOutcome {
+    async fn execute(
+        &self,
+        task: Task,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> TaskOutcome {
         let task_json = match serde_json::to_string(&task) {
             Ok(json) => json,
             Err(e) => {

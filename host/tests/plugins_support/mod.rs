@@ -42,12 +42,17 @@ pub fn native_rust_example() -> PathBuf {
             "{}agentserver_example_native_rust",
             std::env::consts::DLL_PREFIX
         );
-        candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(&stem) && n.ends_with(std::env::consts::DLL_SUFFIX)
-            })
-        }));
+        candidates.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with(&stem) && n.ends_with(std::env::consts::DLL_SUFFIX)
+                    })
+                }),
+        );
     }
     candidates
         .into_iter()
@@ -80,7 +85,14 @@ pub fn build_c_plugin(out_dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
 }
 
 /// Writes `<root>/<name>/plugin.toml` (with `extra` appended) and copies `file` next to it.
-pub fn write_plugin(root: &Path, name: &str, kind: &str, file: &Path, api: &str, extra: &str) -> PathBuf {
+pub fn write_plugin(
+    root: &Path,
+    name: &str,
+    kind: &str,
+    file: &Path,
+    api: &str,
+    extra: &str,
+) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -128,9 +140,10 @@ pub async fn run(
         }
         events
     });
-    let outcome = tokio::time::timeout(Duration::from_secs(60), backend.execute(task, sink, cancel))
-        .await
-        .expect("task finished within 60 s");
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(60), backend.execute(task, sink, cancel))
+            .await
+            .expect("task finished within 60 s");
     let events = tokio::time::timeout(Duration::from_secs(10), collector)
         .await
         .expect("event stream closed")

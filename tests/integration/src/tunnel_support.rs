@@ -82,6 +82,7 @@ pub fn local_router() -> Router {
                 (h, "multi")
             }),
         )
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 async fn bytes_route(Path(n): Path<u64>) -> Response {

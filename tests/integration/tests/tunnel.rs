@@ -305,9 +305,14 @@ async fn error_replies_and_header_handling() {
     assert_eq!(r.read_body().await.unwrap(), b"\x1f\x8b\x08\x00not-really-gzip");
 
     // A body that fails midway resets the stream instead of ending it cleanly.
-    let r = state.tunnel.open_http(&id, "GET", "/broken-body", vec![], vec![]).await.unwrap();
-    assert_eq!(r.status, 200);
-    assert!(r.read_body().await.is_err(), "truncated body must not look complete");
+    // (The reset may also overtake the response header: then opening fails.)
+    match state.tunnel.open_http(&id, "GET", "/broken-body", vec![], vec![]).await {
+        Ok(r) => {
+            assert_eq!(r.status, 200);
+            assert!(r.read_body().await.is_err(), "truncated body must not look complete");
+        }
+        Err(e) => assert!(e.to_string().contains("reset"), "{e}"),
+    }
 
     // Invalid metadata → 400 invalid metadata.
     let mut s = state.tunnel.open_raw_stream(&id).await.unwrap();

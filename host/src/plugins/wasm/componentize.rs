@@ -59,7 +59,9 @@ pub fn component_from_wat(wat: &str, wit: &WitSource<'_>) -> Result<Vec<u8>, Com
     for (name, text) in WASI_DEPS_V1 {
         resolve.push_str(name, text).map_err(wit_error)?;
     }
-    let backend = resolve.push_str("backend.wit", wit.backend).map_err(wit_error)?;
+    let backend = resolve
+        .push_str("backend.wit", wit.backend)
+        .map_err(wit_error)?;
     let api_version = resolve.packages[backend]
         .name
         .version

@@ -14,8 +14,8 @@
 //!   interrupts the guest once its deadline passed, or once it was cancelled and did not return
 //!   within the grace period.
 
-pub mod componentize;
 pub mod bundled;
+pub mod componentize;
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,8 @@ pub fn component_api_version(bytes: &[u8], path: &Path) -> Result<String, Plugin
         }
     };
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| invalid(format!("not a valid WebAssembly binary: {e}")))?;
+        let payload =
+            payload.map_err(|e| invalid(format!("not a valid WebAssembly binary: {e}")))?;
         match payload {
             Payload::Version { encoding, .. } if !checked_header => {
                 checked_header = true;
@@ -169,8 +170,9 @@ pub fn component_api_version(bytes: &[u8], path: &Path) -> Result<String, Plugin
                 }
             }
             Payload::CustomSection(reader) if reader.name() == API_VERSION_SECTION => {
-                let text = std::str::from_utf8(reader.data())
-                    .map_err(|_| invalid(format!("the {API_VERSION_SECTION} section is not UTF-8")))?;
+                let text = std::str::from_utf8(reader.data()).map_err(|_| {
+                    invalid(format!("the {API_VERSION_SECTION} section is not UTF-8"))
+                })?;
                 versions.insert(0, text.trim().to_owned());
             }
             _ => {}
@@ -436,7 +438,12 @@ impl wit_http::Host for HostState {
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let mut body = Vec::new();
             let mut response = response;
@@ -549,10 +556,12 @@ pub fn load_component(
             http_client: reqwest::Client::new(),
         }),
     };
-    let description = backend.describe().map_err(|reason| PluginError::WasmInvalid {
-        path: path.to_owned(),
-        reason: format!("describe failed: {reason}"),
-    })?;
+    let description = backend
+        .describe()
+        .map_err(|reason| PluginError::WasmInvalid {
+            path: path.to_owned(),
+            reason: format!("describe failed: {reason}"),
+        })?;
     Ok(LoadedComponent {
         backend,
         api_version,
@@ -837,7 +846,12 @@ impl Backend for WasmBackend {
         }
     }
 
-    async fn execute(&self, task: Task, events: EventSink, cancel: CancellationToken) -> TaskOutcome {
+    async fn execute(
+        &self,
+        task: Task,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> TaskOutcome {
         let signal = Arc::new(StopSignal::default());
         let this = self.clone();
         let run_signal = Arc::clone(&signal);

@@ -1,0 +1,211 @@
+//! `agentserver run` (and the root command): choose a session, start the backend, hold the
+//! tunnel and run tasks until signalled.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentserver::auth::{AuthContext, TerminalLoginUi};
+use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
+use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
+use agentserver::tunnel::TunnelEvent;
+use agentserver::worker::{Worker, WorkerOptions};
+use agentserver_plugin_api::{Backend, SessionType};
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::backends::{self, BackendChoice};
+use crate::cli::RunArgs;
+
+/// Runs one sandbox until the intake has drained after a signal.
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let workdir = absolute_workdir(&cwd, args.session.work_dir.as_deref())?;
+    let backend = backends::build(&BackendChoice {
+        name: &args.backend,
+        workdir: &workdir,
+        claude: &args.claude,
+        opencode: &args.opencode,
+        plugins: &args.plugins,
+    })?;
+    let info = backend.info();
+
+    // Ctrl-C while logging in aborts the login cleanly.
+    let login_cancel = CancellationToken::new();
+    let ctrl_c = {
+        let cancel = login_cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        })
+    };
+    let store = SessionStore::default_location();
+    let auth = AuthContext::default_location();
+    let ui = TerminalLoginUi::new(!args.session.skip_open_browser);
+    let request = SessionRequest {
+        resume: args.session.resume.as_deref(),
+        continue_latest: args.session.continue_,
+        server: args.session.server.as_deref(),
+        name: args.session.name.as_deref(),
+        session_type: info.session_type.as_str(),
+        cwd: &cwd,
+    };
+    let chosen = choose_session(&request, &store, &auth, &ui, &login_cancel).await;
+    ctrl_c.abort();
+    let (guard, origin) = chosen?;
+    let session = guard.session().clone();
+    let verb = match origin {
+        SessionOrigin::Registered => "Registered new sandbox",
+        SessionOrigin::Resumed => "Resumed sandbox",
+        SessionOrigin::Continued => "Continued sandbox",
+    };
+    eprintln!(
+        "{verb} {} ({}, type {}) on {}",
+        session.sandbox_id, session.name, session.session_type, session.server_url
+    );
+
+    if info.session_type == SessionType::Claudecode {
+        prepare_claudecode(&args, &session, &workdir, &backend).await;
+    }
+
+    let mut options = WorkerOptions::new(&workdir);
+    options.poll_interval = args.intake.poll_interval;
+    options.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
+    options.grace_period = args.intake.grace_period;
+    let worker = Worker::start(&session, backend, options).await?;
+    let handle = worker.intake_handle();
+    let signals = SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
+    let status_printer = tokio::spawn(print_tunnel_events(worker.tunnel_events()));
+    eprintln!(
+        "Serving tasks with the {} backend in {} (Ctrl-C to stop)",
+        info.name,
+        workdir.display()
+    );
+
+    let outcome = tokio::select! {
+        summary = worker.run() => Some(summary),
+        _ = signals.run() => None,
+    };
+    status_printer.abort();
+    let code = match outcome {
+        Some(summary) => {
+            let summary = summary?;
+            if summary.unreported > 0 {
+                eprintln!(
+                    "{} final status(es) not yet accepted by the server; they are kept in the outbox and sent at the next start.",
+                    summary.unreported
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(FORCE_EXIT_CODE),
+    };
+    let sandbox_id = session.sandbox_id.clone();
+    if let Err(err) = guard.release() {
+        eprintln!("warning: cannot clear the session's pid: {err}");
+    }
+    println!("Agent disconnected.");
+    println!("To resume this session: {}", resume_hint(&args.backend, &sandbox_id));
+    Ok(code)
+}
+
+/// Claude Code extras at start (spec §5 step 6): `.mcp.json` for delegation, and the fixed
+/// agent card for servers older than v0.37 when asked. Failures are logged, never fatal.
+async fn prepare_claudecode(
+    args: &RunArgs,
+    session: &agentserver::state::Session,
+    workdir: &Path,
+    _backend: &Arc<dyn Backend>,
+) {
+    match std::env::current_exe().and_then(|p| p.canonicalize()) {
+        Ok(exe) => {
+            if let Err(err) = agentserver_backend_claudecode::inject_mcp_config(
+                workdir,
+                &session.server_url,
+                session.tunnel_token.expose(),
+                &session.workspace_id,
+                &session.sandbox_id,
+                &exe,
+            ) {
+                tracing::warn!(%err, "cannot write .mcp.json; Claude Code will not see the workspace tools");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot resolve the agentserver executable for .mcp.json"),
+    }
+    if args.intake.register_card {
+        register_card(session).await;
+    }
+}
+
+async fn register_card(session: &agentserver::state::Session) {
+    let url = format!(
+        "{}{}",
+        session.server_url.trim_end_matches('/'),
+        agentserver_backend_claudecode::AGENT_CARD_PATH
+    );
+    let body = agentserver_backend_claudecode::agent_card_body(&session.name);
+    let result = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(session.tunnel_token.expose())
+        .timeout(std::time::Duration::from_secs(10))
+        .json(&body)
+        .send()
+        .await;
+    match result {
+        Ok(resp) if resp.status().is_success() => tracing::info!("agent card registered"),
+        Ok(resp) => tracing::warn!(status = %resp.status(), "agent card registration refused"),
+        Err(err) => tracing::warn!(%err, "agent card registration failed"),
+    }
+}
+
+async fn print_tunnel_events(mut events: tokio::sync::broadcast::Receiver<TunnelEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(TunnelEvent::Connected { attempt }) => {
+                if attempt == 1 {
+                    eprintln!("Tunnel connected.");
+                } else {
+                    eprintln!("Tunnel reconnected (attempt {attempt}).");
+                }
+            }
+            Ok(TunnelEvent::Disconnected {
+                reason,
+                token_rejected,
+                retry_in,
+            }) => {
+                if token_rejected {
+                    eprintln!(
+                        "Tunnel token rejected by the server (was the sandbox deleted?); retrying in {:.0?}.",
+                        retry_in
+                    );
+                } else {
+                    eprintln!("Tunnel disconnected: {reason}; retrying in {retry_in:.0?}.");
+                }
+            }
+            Ok(TunnelEvent::Stopped) | Err(RecvError::Closed) => return,
+            Err(RecvError::Lagged(_)) => {}
+        }
+    }
+}
+
+fn resume_hint(backend: &str, sandbox_id: &str) -> String {
+    if backend == "claudecode" {
+        format!("agentserver --resume {sandbox_id}")
+    } else {
+        format!("agentserver run --backend {backend} --resume {sandbox_id}")
+    }
+}
+
+fn absolute_workdir(cwd: &Path, work_dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = match work_dir {
+        Some(d) if d.is_absolute() => d.to_path_buf(),
+        Some(d) => cwd.join(d),
+        None => cwd.to_path_buf(),
+    };
+    let meta = std::fs::metadata(&dir)
+        .with_context(|| format!("the work directory {} does not exist", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "the work directory {} is not a directory", dir.display());
+    Ok(dir.canonicalize().unwrap_or(dir))
+}

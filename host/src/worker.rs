@@ -1,0 +1,195 @@
+//! One sandbox at work: the tunnel, the task intake and the backend's lifecycle, started and
+//! stopped together. `agentserver run` and `agentserver demo` both drive a [`Worker`]; the
+//! signal handling and the printing stay with them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentserver_plugin_api::{Backend, BackendError};
+use futures_util::FutureExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::{Intake, IntakeConfig, IntakeError, IntakeHandle, IntakeSummary};
+use crate::probe::{CapabilityCache, Prober};
+use crate::state::Session;
+use crate::tunnel::{InfoSource, Tunnel, TunnelConfig, TunnelEvent};
+
+/// Settings of a [`Worker`] beyond the session's identity.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Directory tasks run in (absolute).
+    pub workdir: PathBuf,
+    /// Pause between task polls while idle.
+    pub poll_interval: Duration,
+    /// Tasks run at once.
+    pub max_concurrent_tasks: usize,
+    /// Time running tasks get after a drain before they are cancelled.
+    pub grace_period: Duration,
+    /// Agent-info period on the tunnel (20 s on the wire; tests shorten it).
+    pub info_interval: Duration,
+    /// Outbox root for final statuses (default `~/.agentserver/outbox`).
+    pub outbox_dir: PathBuf,
+}
+
+impl WorkerOptions {
+    /// Defaults for everything but the work directory.
+    pub fn new(workdir: impl Into<PathBuf>) -> Self {
+        Self {
+            workdir: workdir.into(),
+            poll_interval: Duration::from_secs(5),
+            max_concurrent_tasks: 1,
+            grace_period: Duration::from_secs(30),
+            info_interval: Duration::from_secs(20),
+            outbox_dir: crate::paths::outbox_dir(),
+        }
+    }
+}
+
+/// Why a worker could not start or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The backend refused to start.
+    #[error("the {backend} backend could not start: {source}")]
+    BackendStart {
+        /// Backend name.
+        backend: String,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+    /// The intake could not start.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
+
+/// A running sandbox: tunnel + intake over one backend.
+pub struct Worker {
+    backend: Arc<dyn Backend>,
+    tunnel: Arc<Tunnel>,
+    intake: Intake,
+    tunnel_cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("backend", &self.backend.info().name)
+            .field("tunnel", &self.tunnel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the backend ([`Backend::start`]) and prepares the tunnel and the intake for
+    /// `session`. Nothing connects until [`Worker::run`].
+    pub async fn start(
+        session: &Session,
+        backend: Arc<dyn Backend>,
+        options: WorkerOptions,
+    ) -> Result<Self, WorkerError> {
+        backend
+            .start()
+            .await
+            .map_err(|source| WorkerError::BackendStart {
+                backend: backend.info().name,
+                source,
+            })?;
+
+        let cache = Arc::new(CapabilityCache::new(Prober::new()));
+        let info = agent_info_source(cache, backend.clone(), &options.workdir);
+        let mut tunnel_config = TunnelConfig::new(
+            session.server_url.clone(),
+            session.sandbox_id.clone(),
+            session.tunnel_token.clone(),
+        );
+        tunnel_config.info_interval = options.info_interval;
+        let tunnel = Arc::new(Tunnel::new(tunnel_config, backend.clone(), info));
+
+        let mut intake_config = IntakeConfig::new(
+            session.server_url.clone(),
+            session.proxy_token.clone(),
+            session.sandbox_id.clone(),
+            options.workdir.clone(),
+        );
+        intake_config.poll_interval = options.poll_interval;
+        intake_config.max_concurrent_tasks = options.max_concurrent_tasks.max(1);
+        intake_config.grace_period = options.grace_period;
+        intake_config.outbox_dir = options.outbox_dir.clone();
+        let intake = match Intake::new(intake_config, backend.clone()) {
+            Ok(intake) => intake,
+            Err(err) => {
+                backend.shutdown().await;
+                return Err(err.into());
+            }
+        };
+        Ok(Self {
+            backend,
+            tunnel,
+            intake,
+            tunnel_cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Controls the intake (drain, cancel) and subscribes to its events.
+    pub fn intake_handle(&self) -> IntakeHandle {
+        self.intake.handle()
+    }
+
+    /// Tunnel connection events from now on.
+    pub fn tunnel_events(&self) -> broadcast::Receiver<TunnelEvent> {
+        self.tunnel.events()
+    }
+
+    /// Runs the tunnel and the intake until the intake has drained (see
+    /// [`IntakeHandle::drain`]); then closes the tunnel (WebSocket close 1000) and shuts the
+    /// backend down. Statuses not accepted by then stay in the outbox for the next start.
+    pub async fn run(self) -> Result<IntakeSummary, WorkerError> {
+        let Self {
+            backend,
+            tunnel,
+            intake,
+            tunnel_cancel,
+        } = self;
+        let tunnel_task = {
+            let tunnel = tunnel.clone();
+            let cancel = tunnel_cancel.clone();
+            tokio::spawn(async move {
+                if let Err(err) = tunnel.run(cancel).await {
+                    tracing::error!(%err, "the tunnel cannot run");
+                }
+            })
+        };
+        let summary = intake.run().await;
+        tunnel_cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), tunnel_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the tunnel did not close within 5 s; dropping it");
+        }
+        backend.shutdown().await;
+        Ok(summary?)
+    }
+}
+
+/// The agent-info JSON for each control stream: cached capabilities (re-probed in the
+/// background when stale), the work directory and the backend's opencode version.
+fn agent_info_source(
+    cache: Arc<CapabilityCache>,
+    backend: Arc<dyn Backend>,
+    workdir: &Path,
+) -> InfoSource {
+    let workdir = workdir.to_string_lossy().into_owned();
+    Arc::new(move || {
+        let cache = cache.clone();
+        let backend = backend.clone();
+        let workdir = workdir.clone();
+        async move {
+            let opencode_version = backend.opencode_version().await.unwrap_or_default();
+            cache.agent_info_json(&workdir, &opencode_version).await
+        }
+        .boxed()
+    })
+}

@@ -1,0 +1,153 @@
+//! Benchmark of the host's own overhead per task: the real intake against the in-process mock
+//! with a no-op backend. Not a test; run it in release mode:
+//!
+//! ```text
+//! cargo run --release -p agentserver-integration --bin intake-bench -- [--tasks 1000]
+//!     [--no-bridge] [--events N] [--concurrency N]
+//! ```
+//!
+//! Per task it measures (from the intake's own [`IntakeEvent`] timestamps):
+//! - **poll → ack**: poll response received → final status accepted (2xx). With one task at
+//!   a time this includes waiting behind the other tasks of the same poll (up to 5).
+//! - **start → ack**: the task's turn comes → final status accepted: bridge setup, the backend
+//!   call, event flush, `idle`, the durable outbox write (fsync) and the status `PUT`.
+//!
+//! and the throughput (tasks per second from the first poll to the last ack). The mock runs
+//! in the same process and its request handling is included in the numbers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentserver::intake::{Intake, IntakeConfig, IntakeEvent};
+use agentserver::secret::Secret;
+use agentserver_integration::test_backend::TestBackend;
+use agentserver_mock::{MockConfig, MockServer};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tasks: usize = arg(&args, "--tasks", 1000);
+    let events: usize = arg(&args, "--events", 0);
+    let concurrency: usize = arg(&args, "--concurrency", 1);
+    let bridge = !args.iter().any(|a| a == "--no-bridge");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench(tasks, events, concurrency, bridge));
+}
+
+async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
+    let mock = MockServer::start(MockConfig {
+        bridge_enabled: bridge,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock starts");
+    let state = mock.state();
+    let sandbox = state.add_sandbox("bench", "custom");
+    let prompt = if events == 0 {
+        "noop".to_owned()
+    } else {
+        format!("events:{events} succeed")
+    };
+    for _ in 0..tasks {
+        state.create_task(&sandbox.id, &prompt);
+    }
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut config = IntakeConfig::new(
+        mock.url(),
+        Secret::new(sandbox.proxy_token.clone()),
+        sandbox.id.clone(),
+        home.path(),
+    );
+    config.outbox_dir = home.path().join("outbox");
+    config.max_concurrent_tasks = concurrency;
+    let intake = Intake::new(config, Arc::new(TestBackend::new())).expect("intake");
+    let handle = intake.handle();
+    let mut rx = handle.subscribe();
+    let run = tokio::spawn(intake.run());
+
+    let mut polled: HashMap<String, Instant> = HashMap::new();
+    let mut started: HashMap<String, Instant> = HashMap::new();
+    let mut poll_to_ack = Vec::with_capacity(tasks);
+    let mut start_to_ack = Vec::with_capacity(tasks);
+    let mut first_poll: Option<Instant> = None;
+    let mut last_ack = Instant::now();
+    while poll_to_ack.len() < tasks {
+        let ev = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("no progress for 60 s ({} done)", poll_to_ack.len()),
+        };
+        match ev {
+            IntakeEvent::Polled { task_id, at } => {
+                first_poll.get_or_insert(at);
+                polled.insert(task_id, at);
+            }
+            IntakeEvent::Started { task_id, at } => {
+                started.insert(task_id, at);
+            }
+            IntakeEvent::StatusAcked { task_id, at } => {
+                poll_to_ack.push(at - polled[&task_id]);
+                start_to_ack.push(at - started[&task_id]);
+                last_ack = at;
+            }
+            IntakeEvent::StatusDropped { task_id, .. } => panic!("status of {task_id} dropped"),
+            _ => {}
+        }
+    }
+    handle.drain();
+    run.await.expect("join").expect("intake");
+    let wall = last_ack - first_poll.expect("polled");
+    poll_to_ack.sort();
+    start_to_ack.sort();
+    println!(
+        "intake-bench: {tasks} tasks, backend=no-op ({} events/task), bridge={}, concurrency={concurrency}",
+        if events == 0 { 0 } else { events + 2 },
+        if bridge { "on" } else { "off" },
+    );
+    println!(
+        "  poll -> ack   median {}  p99 {}  max {}",
+        ms(percentile(&poll_to_ack, 0.5)),
+        ms(percentile(&poll_to_ack, 0.99)),
+        ms(*poll_to_ack.last().unwrap_or(&Duration::ZERO)),
+    );
+    println!(
+        "  start -> ack  median {}  p99 {}  max {}",
+        ms(percentile(&start_to_ack, 0.5)),
+        ms(percentile(&start_to_ack, 0.99)),
+        ms(*start_to_ack.last().unwrap_or(&Duration::ZERO)),
+    );
+    println!(
+        "  throughput    {:.0} tasks/s ({tasks} tasks in {:.2} s)",
+        tasks as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    let finals = state
+        .tasks()
+        .iter()
+        .filter(|t| t.final_updates().len() == 1)
+        .count();
+    assert_eq!(finals, tasks, "every task has exactly one final status");
+}
