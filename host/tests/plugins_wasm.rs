@@ -288,6 +288,7 @@ async fn an_infinite_loop_is_stopped_at_its_deadline() {
     )
     .await;
     let elapsed = started.elapsed();
+    eprintln!("infinite loop with a 500 ms deadline stopped after {elapsed:?}");
     assert_eq!(outcome.status, TaskStatus::Failed, "{outcome:?}");
     assert_eq!(outcome.failure_kind, Some(FailureKind::System));
     let reason = outcome.failure_reason.unwrap();

@@ -219,6 +219,7 @@ async fn supervise(
     let mut exited: Option<(ExitStatus, Instant)> = None;
     let mut last_line_at = Instant::now();
     let mut sink_open = true;
+    let mut wait_failed = false;
 
     let ending = 'main: loop {
         let deadline = match (exited, result_at) {
@@ -229,9 +230,13 @@ async fn supervise(
         let item = tokio::select! {
             biased;
             _ = cancel.cancelled() => break 'main Ending::Cancelled,
-            status = child.wait(), if exited.is_none() => {
-                if let Ok(status) = status {
-                    exited = Some((status, Instant::now()));
+            status = child.wait(), if exited.is_none() && !wait_failed => {
+                match status {
+                    Ok(status) => exited = Some((status, Instant::now())),
+                    Err(err) => {
+                        tracing::warn!(%err, "waiting for claude failed");
+                        wait_failed = true;
+                    }
                 }
                 continue;
             }
@@ -289,12 +294,12 @@ async fn supervise(
                 continue;
             }
         };
-        let Ok(peek) = serde_json::from_str::<Peek>(&text) else {
+        let Some(peek) = Peek::parse(&text) else {
             stats.invalid_lines += 1;
             tracing::debug!(line = %truncate(&text, 200), "skipped a non-JSON stdout line from claude");
             continue;
         };
-        match peek.kind.as_deref() {
+        match peek.kind() {
             Some("control_request") => {
                 stats.control_requests += 1;
                 let answer = serde_json::from_str::<Value>(&text)

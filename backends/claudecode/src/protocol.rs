@@ -56,7 +56,22 @@ pub fn user_message(prompt: &str) -> String {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Peek {
     #[serde(rename = "type", default)]
-    pub kind: Option<String>,
+    kind: Option<Value>,
+}
+
+impl Peek {
+    /// Parses a line that must be one JSON object; `None` for anything else.
+    pub(crate) fn parse(line: &str) -> Option<Self> {
+        if !line.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(line).ok()
+    }
+
+    /// The `type` field, when a string.
+    pub(crate) fn kind(&self) -> Option<&str> {
+        self.kind.as_ref().and_then(Value::as_str)
+    }
 }
 
 /// The answer to a control request from the CLI (spec §9.5), as one stdin line without the

@@ -87,7 +87,7 @@ async fn lines_are_forwarded_byte_for_byte_and_garbage_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let odd = r#"{"type":"assistant",   "z":1,"a":[ 2 ,3],"u":"\u00e9 é"}"#;
     let script = format!(
-        "{START}out {odd}\nout this is not json\nout \nout    \nout [1,2,3]\nout {{\"truncated\":\nout 42\nresult ok\nwait_eof\n"
+        "{START}out {odd}\nout this is not json\nout \nout    \nout [1,2,3]\nout [\"x\"]\nout {{\"truncated\":\nout 42\nresult ok\nwait_eof\n"
     );
     let backend = fake_backend(&script, |_| {});
     let done = run(&backend, task("x", dir.path())).await;
@@ -95,8 +95,8 @@ async fn lines_are_forwarded_byte_for_byte_and_garbage_is_counted() {
     assert_eq!(done.kinds()[..3], ["fake_stdin", "fake_stdin", "assistant"]);
     let s = &done.report.stats;
     assert_eq!(s.blank_lines, 2);
-    // not JSON, a JSON array, truncated JSON, a bare number
-    assert_eq!(s.invalid_lines, 4);
+    // not JSON, two JSON arrays, truncated JSON, a bare number
+    assert_eq!(s.invalid_lines, 5);
     assert_eq!(done.report.outcome.status, TaskStatus::Completed);
 }
 

@@ -22,11 +22,11 @@ const CLAUDE_BIN_ENV: &str = "AGENTSERVER_TEST_CLAUDE_BIN";
 
 /// The real CLI, or a failing test that says how to install it.
 fn real_claude() -> PathBuf {
-    if let Some(path) = std::env::var_os(CLAUDE_BIN_ENV) {
-        return PathBuf::from(path);
-    }
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude");
+    let path = if let Some(path) = std::env::var_os(CLAUDE_BIN_ENV) {
+        PathBuf::from(path)
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude")
+    };
     assert!(
         path.exists(),
         "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh` \

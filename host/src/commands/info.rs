@@ -186,11 +186,8 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
                 .and_then(|_| found.iter().find(|r| r.name == wire_name));
             let version = runtime.map(|r| r.version.as_str()).unwrap_or("-");
             let path = runtime.map(|r| r.path.as_str()).or(detail).unwrap_or("");
-            let _ = writeln!(
-                out,
-                "  {name:<19}{version:<14}{status:<12}{:>5} ms  {path}",
-                millis
-            );
+            let line = format!("  {name:<19}{version:<14}{status:<12}{millis:>5} ms  {path}");
+            let _ = writeln!(out, "{}", line.trim_end());
         }
     }
 

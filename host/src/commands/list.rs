@@ -56,7 +56,14 @@ impl<'a> From<&'a Session> for SessionView<'a> {
     }
 }
 
-const HEADERS: [&str; 6] = ["SANDBOX", "NAME", "TYPE", "WORKSPACE", "DIRECTORY", "STATUS"];
+const HEADERS: [&str; 6] = [
+    "SANDBOX",
+    "NAME",
+    "TYPE",
+    "WORKSPACE",
+    "DIRECTORY",
+    "STATUS",
+];
 
 /// The table: ids cut to 8 characters, directories longer than 35 shown as `...` + the last
 /// 32, status `Running (PID n)` or empty; columns padded to their widest cell, 2 spaces apart.

@@ -1,6 +1,7 @@
 //! One function per command. This is the binary's edge: errors become `anyhow` here.
 
 mod backends;
+mod demo;
 mod dev_server;
 mod list;
 mod login;
@@ -10,7 +11,7 @@ mod task_worker;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::cli::{Cli, Command, RootArgs, RunArgs};
 
@@ -40,7 +41,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Some(Command::Info(args)) => info::info(args).await,
         Some(Command::Plugins(args)) => plugins::plugins(args),
         Some(Command::DevServer(args)) => dev_server::run(args).await,
-        Some(Command::Demo(_)) => not_yet("demo", 11),
+        Some(Command::Demo(args)) => demo::demo(args).await,
     }
 }
 
@@ -57,8 +58,4 @@ fn root_as_run(root: RootArgs) -> RunArgs {
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
     run::run(args).await
-}
-
-fn not_yet(command: &str, issue: u32) -> Result<ExitCode> {
-    bail!("`agentserver {command}` is not implemented yet (tracked in issue #{issue})")
 }

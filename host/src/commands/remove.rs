@@ -25,7 +25,11 @@ pub async fn remove(args: RemoveArgs) -> Result<ExitCode> {
     let candidates: Vec<&RegistryEntry> = registry
         .find_by_dir(&dir)
         .into_iter()
-        .filter(|e| args.workspace.as_deref().is_none_or(|w| e.workspace_id == w))
+        .filter(|e| {
+            args.workspace
+                .as_deref()
+                .is_none_or(|w| e.workspace_id == w)
+        })
         .collect();
     let entry = match candidates.as_slice() {
         [] => match &args.workspace {
@@ -58,14 +62,17 @@ pub async fn remove(args: RemoveArgs) -> Result<ExitCode> {
     }
 
     let (dir, ws) = (entry.dir.clone(), entry.workspace_id.clone());
-    let removed = tokio::task::spawn_blocking(move || file.update(|r| r.remove(&dir, &ws)))
-        .await??;
+    let removed =
+        tokio::task::spawn_blocking(move || file.update(|r| r.remove(&dir, &ws))).await??;
     match removed {
         Some(e) => {
             println!("Removed agent \"{}\" (sandbox {}).", e.name, e.sandbox_id);
             Ok(ExitCode::SUCCESS)
         }
-        None => bail!("The entry for {} was removed by another process meanwhile.", entry.dir),
+        None => bail!(
+            "The entry for {} was removed by another process meanwhile.",
+            entry.dir
+        ),
     }
 }
 

@@ -75,7 +75,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.grace_period = args.intake.grace_period;
     let worker = Worker::start(&session, backend, options).await?;
     let handle = worker.intake_handle();
-    let signals = SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
+    let signals =
+        SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
     let status_printer = tokio::spawn(print_tunnel_events(worker.tunnel_events()));
     eprintln!(
         "Serving tasks with the {} backend in {} (Ctrl-C to stop)",
@@ -106,7 +107,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("warning: cannot clear the session's pid: {err}");
     }
     println!("Agent disconnected.");
-    println!("To resume this session: {}", resume_hint(&args.backend, &sandbox_id));
+    println!(
+        "To resume this session: {}",
+        resume_hint(&args.backend, &sandbox_id)
+    );
     Ok(code)
 }
 
@@ -206,6 +210,10 @@ fn absolute_workdir(cwd: &Path, work_dir: Option<&Path>) -> Result<PathBuf> {
     };
     let meta = std::fs::metadata(&dir)
         .with_context(|| format!("the work directory {} does not exist", dir.display()))?;
-    anyhow::ensure!(meta.is_dir(), "the work directory {} is not a directory", dir.display());
+    anyhow::ensure!(
+        meta.is_dir(),
+        "the work directory {} is not a directory",
+        dir.display()
+    );
     Ok(dir.canonicalize().unwrap_or(dir))
 }

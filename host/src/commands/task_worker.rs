@@ -18,17 +18,17 @@ use crate::cli::TaskWorkerArgs;
 pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
     // Missing identity → the first entry of the legacy registry (its token is the tunnel
     // token, which servers ≥ v0.30.2 accept as a proxy token; spec §8.1, §13).
-    let fallback = if args.server.is_none() || args.proxy_token.is_none() || args.sandbox_id.is_none()
-    {
-        RegistryFile::default_location()
-            .load()
-            .context("cannot read the legacy registry")?
-            .entries
-            .into_iter()
-            .next()
-    } else {
-        None
-    };
+    let fallback =
+        if args.server.is_none() || args.proxy_token.is_none() || args.sandbox_id.is_none() {
+            RegistryFile::default_location()
+                .load()
+                .context("cannot read the legacy registry")?
+                .entries
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
     let server = args
         .server
         .or_else(|| fallback.as_ref().map(|e| e.server.clone()))
@@ -73,8 +73,8 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
     config.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
     config.grace_period = args.intake.grace_period;
     let intake = Intake::new(config, backend.clone())?;
-    let signals = SignalWatcher::install(intake.handle())
-        .context("cannot install signal handlers")?;
+    let signals =
+        SignalWatcher::install(intake.handle()).context("cannot install signal handlers")?;
     tracing::info!("task worker started");
     let code = tokio::select! {
         summary = intake.run() => {

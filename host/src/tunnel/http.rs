@@ -163,7 +163,10 @@ where
 /// Writes a response header and streams the body, one flush per chunk, then `FIN`. Returns
 /// `false` when a body fails midway (then no `FIN` is sent, so the server never mistakes a
 /// truncated body for a complete one).
-async fn write_response<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, response: HttpResponse) -> bool {
+async fn write_response<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    response: HttpResponse,
+) -> bool {
     let HttpResponse {
         status,
         headers,
@@ -248,10 +251,9 @@ mod tests {
 
     #[test]
     fn meta_parses_go_shapes() {
-        let m: HttpStreamMeta = serde_json::from_str(
-            r#"{"method":"POST","path":"/x","headers":null,"body_len":3}"#,
-        )
-        .unwrap();
+        let m: HttpStreamMeta =
+            serde_json::from_str(r#"{"method":"POST","path":"/x","headers":null,"body_len":3}"#)
+                .unwrap();
         assert!(m.headers.is_empty());
         assert_eq!(m.body_len, 3);
     }

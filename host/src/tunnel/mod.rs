@@ -306,11 +306,8 @@ impl Tunnel {
             ws = self.dial(url) => ws?,
             _ = cancel.cancelled() => return Ok(()),
         };
-        let (control, mut incoming) = Session::new(
-            WsByteStream::new(ws),
-            Mode::Client,
-            self.config.mux.clone(),
-        );
+        let (control, mut incoming) =
+            Session::new(WsByteStream::new(ws), Mode::Client, self.config.mux.clone());
         tracing::info!(sandbox_id = %self.config.sandbox_id, "tunnel connected");
         self.status.send_replace(TunnelStatus::Connected);
         self.emit(TunnelEvent::Connected { attempt });

@@ -25,11 +25,11 @@ const T: Duration = Duration::from_secs(20);
 const CLAUDE_BIN_ENV: &str = "AGENTSERVER_TEST_CLAUDE_BIN";
 
 fn real_claude() -> PathBuf {
-    if let Some(path) = std::env::var_os(CLAUDE_BIN_ENV) {
-        return PathBuf::from(path);
-    }
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude");
+    let path = if let Some(path) = std::env::var_os(CLAUDE_BIN_ENV) {
+        PathBuf::from(path)
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude")
+    };
     assert!(
         path.exists(),
         "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh` \

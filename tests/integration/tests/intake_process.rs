@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentserver::intake::SHUTDOWN_REASON;
+use agentserver::intake::{ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX};
 use agentserver_mock::bridge::BridgeOp;
 use intake_support::{Env, assert_events_in_order, assert_one_final, wait_final};
 use nix::sys::signal::{Signal, kill};
@@ -244,4 +244,30 @@ async fn third_signal_exits_and_the_next_start_reports_the_abandoned_task() {
     assert_eq!(t.failure_reason.as_deref(), Some(SHUTDOWN_REASON));
     host.signal(Signal::SIGTERM);
     assert_eq!(host.wait_exit(T).await, 0);
+}
+
+#[tokio::test]
+async fn task_running_when_the_host_was_killed_is_reported_at_the_next_start() {
+    let env = Env::start(true).await;
+    let state = env.state();
+    let id = state.create_task(&env.sandbox.id, "events:1 hang");
+    let sid = state.task(&id).unwrap().session_id.unwrap();
+    let mut host = Host::spawn(&env, &[]).await;
+    assert!(state.wait_until(T, |s| worker_running(s, &sid)).await);
+    host.signal(Signal::SIGKILL);
+    host.wait_exit(T).await;
+    assert_eq!(state.task(&id).unwrap().status, "assigned");
+
+    let mut host = Host::spawn(&env, &[]).await;
+    let t = wait_final(&state, &id, T).await;
+    assert_one_final(&t, "failed");
+    assert_eq!(
+        t.failure_reason.as_deref(),
+        Some(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}").as_str())
+    );
+    host.signal(Signal::SIGTERM);
+    assert_eq!(host.wait_exit(T).await, 0);
+    assert!(env.outbox_files().is_empty());
+    let markers = env.home.path().join("outbox").join(&env.sandbox.id).join("received");
+    assert_eq!(std::fs::read_dir(markers).unwrap().count(), 0);
 }

@@ -121,7 +121,11 @@ async fn two_hundred_concurrent_http_streams_arrive_byte_identical() {
     ];
     let mut tasks = Vec::new();
     for i in 0..200usize {
-        let size = if i == 0 { 64 * 1024 * 1024 } else { SIZES[i % SIZES.len()] };
+        let size = if i == 0 {
+            64 * 1024 * 1024
+        } else {
+            SIZES[i % SIZES.len()]
+        };
         let state = Arc::clone(&state);
         let id = fx.sandbox.id.clone();
         tasks.push(tokio::spawn(async move {
@@ -169,7 +173,11 @@ async fn two_hundred_concurrent_http_streams_arrive_byte_identical() {
     })
     .await
     .expect("streams did not finish");
-    assert_eq!(state.tunnel.connections(&fx.sandbox.id).len(), 1, "no reconnect");
+    assert_eq!(
+        state.tunnel.connections(&fx.sandbox.id).len(),
+        1,
+        "no reconnect"
+    );
     fx.stop().await.unwrap();
 }
 
@@ -180,7 +188,13 @@ async fn sse_outlives_the_stream_open_timeout_and_streams_incrementally() {
     let start = Instant::now();
     let mut resp = state
         .tunnel
-        .open_http(&fx.sandbox.id, "GET", "/sse?events=7&interval_ms=500", vec![], vec![])
+        .open_http(
+            &fx.sandbox.id,
+            "GET",
+            "/sse?events=7&interval_ms=500",
+            vec![],
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(resp.headers["Content-Type"], "text/event-stream");
@@ -192,12 +206,18 @@ async fn sse_outlives_the_stream_open_timeout_and_streams_incrementally() {
         "the first event must not wait for the end of the stream"
     );
     let mut rest = Vec::new();
-    timeout(T, resp.body.read_to_end(&mut rest)).await.unwrap().unwrap();
+    timeout(T, resp.body.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     let mut all = buf[..n].to_vec();
     all.extend_from_slice(&rest);
     let expected: String = (0..7).map(|i| format!("data: {i}\n\n")).collect();
     assert_eq!(String::from_utf8(all).unwrap(), expected);
-    assert!(start.elapsed() > Duration::from_secs(2), "longer than the open timeout");
+    assert!(
+        start.elapsed() > Duration::from_secs(2),
+        "longer than the open timeout"
+    );
     assert_eq!(state.tunnel.connections(&fx.sandbox.id).len(), 1);
     assert!(state.tunnel.is_connected(&fx.sandbox.id));
     fx.stop().await.unwrap();
@@ -216,7 +236,11 @@ async fn slow_backend_does_not_trip_the_stream_open_timeout() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.read_body().await.unwrap(), b"slow ok");
     assert!(start.elapsed() >= Duration::from_secs(5));
-    assert_eq!(state.tunnel.connections(&fx.sandbox.id).len(), 1, "session survived");
+    assert_eq!(
+        state.tunnel.connections(&fx.sandbox.id).len(),
+        1,
+        "session survived"
+    );
     assert!(state.tunnel.is_connected(&fx.sandbox.id));
     fx.stop().await.unwrap();
 }
@@ -240,12 +264,18 @@ async fn agent_info_is_sent_at_once_then_periodically() {
     );
     let infos = state.tunnel.agent_infos(&id);
     let conn = &state.tunnel.connections(&id)[0];
-    assert!(infos[0].at - conn.connected_at < Duration::from_secs(1), "first info at once");
+    assert!(
+        infos[0].at - conn.connected_at < Duration::from_secs(1),
+        "first info at once"
+    );
     for info in &infos {
         assert_eq!(&info.raw[..], INFO.as_bytes(), "raw JSON, no envelope");
     }
     let gap = infos[2].at - infos[1].at;
-    assert!(gap >= Duration::from_millis(250) && gap < Duration::from_secs(2), "{gap:?}");
+    assert!(
+        gap >= Duration::from_millis(250) && gap < Duration::from_secs(2),
+        "{gap:?}"
+    );
     let sandbox = state.sandbox(&id).unwrap();
     assert_eq!(sandbox.status, "running");
     assert_eq!(sandbox.agent_info.unwrap()["hostname"], "test-host");
@@ -273,50 +303,88 @@ async fn error_replies_and_header_handling() {
     let id = fx.sandbox.id.clone();
 
     // Authority-form paths are refused.
-    let r = state.tunnel.open_http(&id, "GET", "//evil/x", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "//evil/x", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.headers["Content-Type"], "text/plain");
     assert_eq!(r.read_body().await.unwrap(), b"invalid request path");
 
     // A missing leading slash is added.
-    let r = state.tunnel.open_http(&id, "GET", "small", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "small", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.read_body().await.unwrap(), b"ok");
 
     // Backend errors are 502 local service error.
-    let r = state.tunnel.open_http(&id, "GET", "/backend-error", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "/backend-error", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(r.read_body().await.unwrap(), b"local service error: boom");
 
     // Request headers arrive single-valued; Host is the local server's.
     let r = state
         .tunnel
-        .open_http(&id, "GET", "/headers", vec![("X-Custom".into(), "v1".into())], vec![])
+        .open_http(
+            &id,
+            "GET",
+            "/headers",
+            vec![("X-Custom".into(), "v1".into())],
+            vec![],
+        )
         .await
         .unwrap();
     let seen: serde_json::Value = serde_json::from_slice(&r.read_body().await.unwrap()).unwrap();
     assert_eq!(seen["x-custom"], "v1");
 
     // Response headers: first value only; bodies verbatim (no decompression).
-    let r = state.tunnel.open_http(&id, "GET", "/multi", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "/multi", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.headers["Set-Cookie"], "a=1");
-    let r = state.tunnel.open_http(&id, "GET", "/gzip", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "/gzip", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.headers["Content-Encoding"], "gzip");
-    assert_eq!(r.read_body().await.unwrap(), b"\x1f\x8b\x08\x00not-really-gzip");
+    assert_eq!(
+        r.read_body().await.unwrap(),
+        b"\x1f\x8b\x08\x00not-really-gzip"
+    );
 
     // A body that fails midway resets the stream instead of ending it cleanly.
     // (The reset may also overtake the response header: then opening fails.)
-    match state.tunnel.open_http(&id, "GET", "/broken-body", vec![], vec![]).await {
+    match state
+        .tunnel
+        .open_http(&id, "GET", "/broken-body", vec![], vec![])
+        .await
+    {
         Ok(r) => {
             assert_eq!(r.status, 200);
-            assert!(r.read_body().await.is_err(), "truncated body must not look complete");
+            assert!(
+                r.read_body().await.is_err(),
+                "truncated body must not look complete"
+            );
         }
         Err(e) => assert!(e.to_string().contains("reset"), "{e}"),
     }
 
     // Invalid metadata → 400 invalid metadata.
     let mut s = state.tunnel.open_raw_stream(&id).await.unwrap();
-    agentserver_mux::write_header(&mut s, StreamType::Http, b"not json").await.unwrap();
+    agentserver_mux::write_header(&mut s, StreamType::Http, b"not json")
+        .await
+        .unwrap();
     let (ty, head) = agentserver_mux::read_header(&mut s).await.unwrap();
     assert_eq!(ty, StreamType::Http);
     let head: serde_json::Value = serde_json::from_slice(&head).unwrap();
@@ -328,7 +396,9 @@ async fn error_replies_and_header_handling() {
     // A body shorter than body_len → 502 failed to read request body.
     let mut s = state.tunnel.open_raw_stream(&id).await.unwrap();
     let meta = br#"{"method":"POST","path":"/echo","headers":{},"body_len":10}"#;
-    agentserver_mux::write_header(&mut s, StreamType::Http, meta).await.unwrap();
+    agentserver_mux::write_header(&mut s, StreamType::Http, meta)
+        .await
+        .unwrap();
     s.write_all(b"abc").await.unwrap();
     s.shutdown().await.unwrap();
     let (_, head) = agentserver_mux::read_header(&mut s).await.unwrap();
@@ -340,7 +410,9 @@ async fn error_replies_and_header_handling() {
 
     // Unknown stream types are closed.
     let mut s = state.tunnel.open_raw_stream(&id).await.unwrap();
-    agentserver_mux::write_header(&mut s, StreamType::Unknown(9), b"").await.unwrap();
+    agentserver_mux::write_header(&mut s, StreamType::Unknown(9), b"")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     timeout(T, s.read_to_end(&mut rest)).await.unwrap().unwrap();
     assert!(rest.is_empty());
@@ -349,7 +421,10 @@ async fn error_replies_and_header_handling() {
     let mut term = state.tunnel.open_terminal(&id).await.unwrap();
     term.write_all(b"\x00hi").await.unwrap();
     let mut buf = [0u8; 3];
-    timeout(T, term.read_exact(&mut buf)).await.unwrap().unwrap();
+    timeout(T, term.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"\x00hi");
 
     assert_eq!(state.tunnel.connections(&id).len(), 1);
@@ -362,7 +437,10 @@ async fn terminal_stream_is_closed_when_the_backend_has_none() {
     let state = fx.mock.state();
     let mut term = state.tunnel.open_terminal(&fx.sandbox.id).await.unwrap();
     let mut rest = Vec::new();
-    timeout(T, term.read_to_end(&mut rest)).await.unwrap().unwrap();
+    timeout(T, term.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rest.is_empty());
     fx.stop().await.unwrap();
 }
@@ -375,7 +453,9 @@ async fn graceful_stop_closes_the_websocket_with_1000() {
     fx.stop().await.unwrap();
     assert!(
         state
-            .wait_until(T, |s| s.tunnel.connections(&id)[0].disconnected_at.is_some())
+            .wait_until(T, |s| s.tunnel.connections(&id)[0]
+                .disconnected_at
+                .is_some())
             .await
     );
     assert_eq!(state.tunnel.connections(&id)[0].close_code, Some(1000));
@@ -405,7 +485,11 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
     // Kill the connection; the next four connections are dropped right after the handshake.
     state.tunnel.drop_next_connections(4);
     assert!(state.tunnel.drop_connection(&id));
-    assert!(state.wait_until(T, |s| s.tunnel.connections(&id).len() >= 6).await);
+    assert!(
+        state
+            .wait_until(T, |s| s.tunnel.connections(&id).len() >= 6)
+            .await
+    );
     assert!(state.wait_until(T, |s| s.tunnel.is_connected(&id)).await);
     let conns = state.tunnel.connections(&id);
     let expected_ms = [200u64, 400, 800, 800, 800];
@@ -421,7 +505,11 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
     let last = conns.last().unwrap().conn_id;
     assert!(
         state
-            .wait_until(T, |s| s.tunnel.agent_infos(&id).iter().any(|i| i.conn_id == last))
+            .wait_until(T, |s| s
+                .tunnel
+                .agent_infos(&id)
+                .iter()
+                .any(|i| i.conn_id == last))
             .await
     );
     let info = state
@@ -435,7 +523,11 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
     // A connection that lived longer than `reset_after` resets the schedule to 200 ms.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert!(state.tunnel.drop_connection(&id));
-    assert!(state.wait_until(T, |s| s.tunnel.connections(&id).len() >= 7).await);
+    assert!(
+        state
+            .wait_until(T, |s| s.tunnel.connections(&id).len() >= 7)
+            .await
+    );
     let conns = state.tunnel.connections(&id);
     let gap = conns[6].connected_at - conns[5].disconnected_at.unwrap();
     assert!(
@@ -457,7 +549,9 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
 #[tokio::test]
 async fn rejected_token_is_reported_and_retried() {
     let local = start_local_server().await;
-    let mock = agentserver_mock::MockServer::start(mock_config()).await.unwrap();
+    let mock = agentserver_mock::MockServer::start(mock_config())
+        .await
+        .unwrap();
     let sandbox = mock.state().add_sandbox("bad-token", "custom");
     let mut config = agentserver::tunnel::TunnelConfig::new(
         mock.url(),
@@ -567,7 +661,11 @@ async fn garbage_from_the_server_never_panics_and_the_host_reconnects() {
             "no reconnect after {name}"
         );
         // The new connection works.
-        let r = state.tunnel.open_http(&id, "GET", "/small", vec![], vec![]).await.unwrap();
+        let r = state
+            .tunnel
+            .open_http(&id, "GET", "/small", vec![], vec![])
+            .await
+            .unwrap();
         assert_eq!(r.read_body().await.unwrap(), b"ok", "{name}");
     }
 
@@ -578,7 +676,11 @@ async fn garbage_from_the_server_never_panics_and_the_host_reconnects() {
     let mut rest = Vec::new();
     let res = timeout(T, s.read_to_end(&mut rest)).await.unwrap();
     assert!(res.is_err() || rest.is_empty(), "stream must be dropped");
-    let r = state.tunnel.open_http(&id, "GET", "/small", vec![], vec![]).await.unwrap();
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "/small", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.read_body().await.unwrap(), b"ok");
     assert_eq!(state.tunnel.connections(&id).len(), before, "session kept");
 

@@ -274,8 +274,7 @@ pub async fn serve(socket: WebSocket, sandbox_id: String, state: Arc<MockState>)
         stream_open_timeout: Some(state.config().stream_open_timeout),
         ..agentserver_mux::Config::default()
     };
-    let (control, mut incoming) =
-        Session::new(WsByteStream::new(socket), Mode::Server, mux_config);
+    let (control, mut incoming) = Session::new(WsByteStream::new(socket), Mode::Server, mux_config);
 
     let tunnels = &state.tunnel;
     let (conn_id, drop_now, previous) = {

@@ -10,7 +10,8 @@ use agentserver_plugin_api::Backend;
 
 use super::componentize::{WitSource, component_from_wat};
 use super::{ComponentSettings, LoadedComponent, load_component};
-use crate::plugins::{Permissions, PluginError, PluginOptions};
+use crate::plugins::manifest::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECS};
+use crate::plugins::{Manifest, Permissions, PluginError, PluginOptions};
 
 /// The example's WebAssembly text.
 pub const ECHO_WAT: &str = include_str!("../../../../backends/examples/wasm/echo.wat");
@@ -18,18 +19,9 @@ pub const ECHO_WAT: &str = include_str!("../../../../backends/examples/wasm/echo
 /// The example's plugin name.
 pub const NAME: &str = "wasm-example";
 
-/// The example's manifest, as `plugins install` expects it next to `wasm-example.wasm`.
-pub const MANIFEST: &str = r#"name = "wasm-example"
-version = "0.1.0"
-kind = "wasm"
-file = "wasm-example.wasm"
-api_version = "1.0.0"
-description = "Echoes the prompt (bundled WebAssembly example)"
-
-[limits]
-memory_mb = 16
-timeout_secs = 60
-"#;
+/// The example's manifest (`backends/examples/wasm/plugin.toml`), as `plugins install` expects
+/// it next to `wasm-example.wasm`.
+pub const MANIFEST: &str = include_str!("../../../../backends/examples/wasm/plugin.toml");
 
 /// Builds the example component's bytes.
 pub fn component_bytes() -> Result<Vec<u8>, PluginError> {
@@ -39,15 +31,21 @@ pub fn component_bytes() -> Result<Vec<u8>, PluginError> {
     })
 }
 
-/// Builds, compiles (or reads from the cache in `options.cache_dir`) and loads the example.
+/// Builds, compiles (or reads from the cache in `options.cache_dir`) and loads the example,
+/// with the limits of its manifest.
 pub fn load(options: &PluginOptions) -> Result<LoadedComponent, PluginError> {
+    let manifest = Manifest::parse(MANIFEST, Path::new("<bundled wasm-example>/plugin.toml"))?;
     let bytes = component_bytes()?;
     let settings = ComponentSettings {
-        name: NAME.into(),
-        version: "0.1.0".into(),
+        name: manifest.name,
+        version: manifest.version,
         permissions: Permissions::default(),
-        memory_cap_bytes: options.memory_limit_bytes.unwrap_or(16 << 20),
-        timeout: options.task_timeout.unwrap_or(Duration::from_secs(60)),
+        memory_cap_bytes: options
+            .memory_limit_bytes
+            .unwrap_or(manifest.limits.memory_mb.unwrap_or(DEFAULT_MEMORY_MB) << 20),
+        timeout: options.task_timeout.unwrap_or(Duration::from_secs(
+            manifest.limits.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        )),
         cancel_grace: options.cancel_grace,
         cache_dir: options.cache_dir.clone(),
     };

@@ -877,3 +877,54 @@ impl Backend for WasmBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::componentize::{WitSource, append_custom_section, component_from_wat};
+    use super::*;
+
+    const MINIMAL: &str = r#"(module
+      (import "agentserver:backend/host@VERSION" "cancelled" (func (result i32)))
+      (memory (export "memory") 1)
+      (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096))
+      (func (export "describe") (result i32) (i32.const 1024))
+      (func (export "execute") (param i32 i32 i32 i32 i32 i32 i32 f64 i32 i32 i32 i32) (result i32)
+        (i32.const 1088)))"#;
+
+    fn minimal(version: &str, section: bool) -> Vec<u8> {
+        let backend =
+            agentserver_plugin_api::wit::BACKEND_V1.replace("@1.0.0", &format!("@{version}"));
+        let wit = WitSource {
+            backend: &backend,
+            api_version_section: section,
+            ..WitSource::default()
+        };
+        component_from_wat(&MINIMAL.replace("VERSION", version), &wit).unwrap()
+    }
+
+    #[test]
+    fn version_comes_from_imports_or_the_section() {
+        let path = Path::new("x.wasm");
+        assert_eq!(
+            component_api_version(&minimal("1.2.3", false), path).unwrap(),
+            "1.2.3"
+        );
+        assert_eq!(
+            component_api_version(&minimal("1.2.3", true), path).unwrap(),
+            "1.2.3"
+        );
+        // A section that disagrees with the imports on the major: the odd one is reported.
+        let mut mixed = minimal("2.0.0", false);
+        append_custom_section(&mut mixed, API_VERSION_SECTION, b"1.0.0");
+        assert_eq!(component_api_version(&mixed, path).unwrap(), "2.0.0");
+    }
+
+    #[test]
+    fn cache_keys_follow_the_content() {
+        let engine = engine().unwrap();
+        let a = cache_key(engine, b"one");
+        assert_eq!(a, cache_key(engine, b"one"));
+        assert_ne!(a, cache_key(engine, b"two"));
+        assert!(a.ends_with(".cwasm"));
+    }
+}

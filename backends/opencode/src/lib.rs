@@ -1,0 +1,1 @@
+//! The built-in `opencode` backend (work in progress).

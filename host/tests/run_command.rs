@@ -1,0 +1,156 @@
+//! `agentserver run` as a user runs it: the binary logs in through the device flow, registers,
+//! connects the tunnel, runs a task with the claudecode backend (a scripted stand-in for the
+//! `claude` CLI), reports it once, and on SIGTERM drains, clears the session pid and exits 0.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agentserver_mock::{MockConfig, MockServer};
+
+const FAKE_CLAUDE: &str = r#"#!/bin/sh
+read init; read user
+echo '{"type":"system","subtype":"init","session_id":"s1","uuid":"u-1"}'
+echo '{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"done"}]},"uuid":"u-2"}'
+echo '{"type":"result","subtype":"success","is_error":false,"result":"all done","num_turns":1,"total_cost_usd":0.25,"uuid":"u-3"}'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_registers_serves_a_task_and_drains_on_sigterm() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("state");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args([
+            "run",
+            "--backend",
+            "claudecode",
+            "--skip-open-browser",
+            "--poll-interval",
+            "0.2",
+        ])
+        .arg("--server")
+        .arg(server.url())
+        .arg("--claude-bin")
+        .arg(&claude)
+        .current_dir(&work)
+        .env("AGENTSERVER_HOME", &home)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Registration happens after the device login; then the tunnel comes up.
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
+            .await,
+        "the host never registered"
+    );
+    let sandbox = mock.sandboxes()[0].clone();
+    assert_eq!(sandbox.sandbox_type, "claudecode");
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| s
+            .sandbox(&sandbox.id)
+            .is_some_and(|sb| sb.agent_info.is_some()))
+            .await,
+        "no agent info arrived over the tunnel"
+    );
+    let session_file = home.join("sessions").join(format!("{}.json", sandbox.id));
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&session_file).unwrap()).unwrap();
+    assert_eq!(session["pid"], child.id(), "pid stamped while running");
+    // .mcp.json points Claude Code at `agentserver mcp-server` for this sandbox.
+    let mcp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join(".mcp.json")).unwrap()).unwrap();
+    assert_eq!(mcp["mcpServers"]["agentserver"]["args"][0], "mcp-server");
+    assert_eq!(
+        mcp["mcpServers"]["agentserver"]["env"]["AGENTSERVER_SANDBOX_ID"],
+        sandbox.id
+    );
+
+    let task_id = mock.create_task(&sandbox.id, "do the thing");
+    let record = mock
+        .wait_task_final(&task_id, Duration::from_secs(20))
+        .await
+        .expect("the task got no final status");
+    assert_eq!(record.status, "completed");
+    assert_eq!(record.result, Some(serde_json::json!("all done")));
+    assert_eq!(record.final_updates().len(), 1);
+    let events = mock.bridge_worker_events(record.session_id.as_deref().unwrap());
+    let uuids: Vec<_> = events.iter().filter_map(|e| e["uuid"].as_str()).collect();
+    assert_eq!(
+        &uuids[..3],
+        ["u-1", "u-2", "u-3"],
+        "events in order: {events:?}"
+    );
+
+    // First SIGTERM drains; nothing runs, so the host exits 0 promptly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("Agent disconnected."), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "To resume this session: agentserver --resume {}",
+            sandbox.id
+        )),
+        "{stdout}"
+    );
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&session_file).unwrap()).unwrap();
+    assert!(
+        session.get("pid").is_none_or(|p| p.is_null() || p == 0),
+        "pid cleared: {session}"
+    );
+    // The tokens never reach the output.
+    for token in [&sandbox.tunnel_token, &sandbox.proxy_token] {
+        assert!(!stdout.contains(token.as_str()) && !stderr.contains(token.as_str()));
+    }
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agentserver did not exit within {timeout:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,238 @@
+//! Tunnel benchmark: throughput of one 256 MiB response and p50/p99 latency of 10 000 small
+//! sequential requests, through the tunnel and directly over loopback, plus the host's RSS.
+//!
+//! ```text
+//! cargo run --release -p agentserver-integration --bin tunnel-bench [-- --size-mib 256 --requests 10000]
+//! ```
+//!
+//! Layout: this process runs the local HTTP server, the mock agentserver and the client side;
+//! the host's tunnel runs in a child process (this binary with `--host-child`), so its RSS is
+//! measured alone. "Direct" = reqwest → local server over loopback. "Tunnel" = mock →
+//! WebSocket → yamux → host → reqwest → local server, and back.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentserver::secret::Secret;
+use agentserver::tunnel::{HttpProxyBackend, Tunnel, TunnelConfig};
+use agentserver_integration::tunnel_support::{fixed_info, pattern, start_local_server};
+use agentserver_mock::{MockConfig, MockServer};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--host-child") {
+        return host_child(&args[2..]).await;
+    }
+    let mut size_mib = 256u64;
+    let mut requests = 10_000usize;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--size-mib" => {
+                size_mib = args[i + 1].parse()?;
+                i += 1;
+            }
+            "--requests" => {
+                requests = args[i + 1].parse()?;
+                i += 1;
+            }
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+        i += 1;
+    }
+    bench(size_mib, requests).await
+}
+
+/// The host side: a tunnel serving an HTTP proxy backend, until stdin closes.
+async fn host_child(args: &[String]) -> anyhow::Result<()> {
+    let [server, sandbox, token, local] = args else {
+        anyhow::bail!("usage: --host-child SERVER SANDBOX TOKEN LOCAL_URL");
+    };
+    let config = TunnelConfig::new(server.clone(), sandbox.clone(), Secret::new(token.clone()));
+    let tunnel = Tunnel::new(
+        config,
+        Arc::new(HttpProxyBackend::new(local.clone())),
+        fixed_info(r#"{"hostname":"bench","os":"linux","agent_version":"bench"}"#),
+    );
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        stop.cancel();
+    });
+    tunnel.run(cancel).await?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+async fn bench(size_mib: u64, requests: usize) -> anyhow::Result<()> {
+    let local = start_local_server().await;
+    let mock = MockServer::start(MockConfig::default()).await?;
+    let state = mock.state();
+    let sandbox = state.add_sandbox("bench", "custom");
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("--host-child")
+        .arg(mock.url())
+        .arg(&sandbox.id)
+        .arg(&sandbox.tunnel_token)
+        .arg(&local)
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let id = sandbox.id.clone();
+    anyhow::ensure!(
+        state
+            .wait_until(Duration::from_secs(30), |s| s.tunnel.is_connected(&id))
+            .await,
+        "host did not connect"
+    );
+    let idle_rss = rss_kib(pid).0;
+    let client = reqwest::Client::new();
+    let size = size_mib * 1024 * 1024;
+    let path = format!("/bytes/{size}");
+
+    // Warm-up (connection pools, allocator).
+    for _ in 0..50 {
+        client
+            .get(format!("{local}/small"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        state
+            .tunnel
+            .open_http(&id, "GET", "/small", vec![], vec![])
+            .await?
+            .read_body()
+            .await?;
+    }
+
+    // Throughput, direct.
+    let start = Instant::now();
+    let mut body = client
+        .get(format!("{local}{path}"))
+        .send()
+        .await?
+        .bytes_stream();
+    let mut direct_bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        direct_bytes += chunk?.len() as u64;
+    }
+    let direct_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(direct_bytes == size, "direct: short body");
+
+    // Throughput, tunnel (the first MiB is checked against the pattern).
+    let start = Instant::now();
+    let mut resp = state
+        .tunnel
+        .open_http(&id, "GET", &path, vec![], vec![])
+        .await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut tunnel_bytes = 0u64;
+    let mut head = Vec::new();
+    loop {
+        let n = resp.body.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 1 << 20 {
+            head.extend_from_slice(&buf[..n.min((1 << 20) - head.len())]);
+        }
+        tunnel_bytes += n as u64;
+    }
+    let tunnel_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(tunnel_bytes == size, "tunnel: short body");
+    anyhow::ensure!(head == pattern(0, head.len()), "tunnel: corrupted body");
+    let peak_after_bulk = rss_kib(pid).1;
+
+    // Latency, direct.
+    let mut direct_lat = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let b = client
+            .get(format!("{local}/small"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        direct_lat.push(t.elapsed());
+        anyhow::ensure!(&b[..] == b"ok");
+    }
+    // Latency, tunnel.
+    let mut tunnel_lat = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let b = state
+            .tunnel
+            .open_http(&id, "GET", "/small", vec![], vec![])
+            .await?
+            .read_body()
+            .await?;
+        tunnel_lat.push(t.elapsed());
+        anyhow::ensure!(b == b"ok");
+    }
+    direct_lat.sort();
+    tunnel_lat.sort();
+    let (rss_end, hwm) = rss_kib(pid);
+
+    let mib = size as f64 / (1024.0 * 1024.0);
+    let direct_tp = mib / direct_secs;
+    let tunnel_tp = mib / tunnel_secs;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (dp50, dp99) = (percentile(&direct_lat, 0.5), percentile(&direct_lat, 0.99));
+    let (tp50, tp99) = (percentile(&tunnel_lat, 0.5), percentile(&tunnel_lat, 0.99));
+    println!("| measure | direct loopback | through the tunnel | tunnel / direct |");
+    println!("|---|---|---|---|");
+    println!(
+        "| throughput, one {size_mib} MiB body | {direct_tp:.0} MiB/s | {tunnel_tp:.0} MiB/s | {:.2} |",
+        tunnel_tp / direct_tp
+    );
+    println!(
+        "| p50 latency, {requests} small requests | {:.3} ms | {:.3} ms | {:.2} |",
+        ms(dp50),
+        ms(tp50),
+        ms(tp50) / ms(dp50)
+    );
+    println!(
+        "| p99 latency, {requests} small requests | {:.3} ms | {:.3} ms | {:.2} |",
+        ms(dp99),
+        ms(tp99),
+        ms(tp99) / ms(dp99)
+    );
+    println!();
+    println!(
+        "host RSS: {:.1} MiB idle after connect, {:.1} MiB peak during the bulk transfer, {:.1} MiB at the end (peak over the run {:.1} MiB)",
+        idle_rss as f64 / 1024.0,
+        peak_after_bulk as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Ok(())
+}
