@@ -223,7 +223,9 @@ async fn supervise(
 
     let ending = 'main: loop {
         let deadline = match (exited, result_at) {
-            (Some((_, at)), _) => at + config.post_result_exit_timeout,
+            // Exited: drain stdout until it has been quiet for a while (bounded).
+            (Some((_, at)), _) => (at.max(last_line_at) + config.post_result_exit_timeout)
+                .min(at + config.idle_timeout.max(config.post_result_exit_timeout)),
             (None, Some(at)) => at + config.post_result_exit_timeout,
             (None, None) => last_line_at + config.idle_timeout,
         };

@@ -78,20 +78,27 @@ fn parse_stat(pid: u32, stat: &str) -> Option<ProcInfo> {
 }
 
 /// SIGKILLs the group `id` and every live process still in session `id` (a process that moved
-/// to its own group but stayed in the session). Returns how many processes were signalled
-/// individually.
+/// to its own group but stayed in the session). Returns how many live processes it found.
 pub fn kill_leftovers(id: u32) -> usize {
+    let found = processes_in_group(id);
     signal_group(id, Signal::SIGKILL);
-    let mut killed = 0;
+    for p in &found {
+        if p.pid > 1
+            && let Ok(raw) = i32::try_from(p.pid)
+        {
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+    // A process that forked between the scan and the group kill is caught by the group kill
+    // unless it also left the group; scan the session once more for those.
     for p in processes_in_group(id) {
         if p.pid > 1
             && let Ok(raw) = i32::try_from(p.pid)
-            && nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok()
         {
-            killed += 1;
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
     }
-    killed
+    found.len()
 }
 
 #[cfg(test)]

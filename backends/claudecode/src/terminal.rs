@@ -333,14 +333,16 @@ impl Terminal {
     }
 }
 
-/// Kills a PTY process and its session, then reaps it.
+/// Kills a PTY process and its process group, then reaps it. Nothing is signalled once the
+/// process has been reaped (its pid could belong to someone else by then).
 fn reap(mut pty: Pty) {
-    if let Some(pid) = pty.child.process_id() {
-        // portable-pty starts the process with setsid(): its pid is its group.
-        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    if matches!(pty.child.try_wait(), Ok(None)) {
+        if let Some(pid) = pty.child.process_id() {
+            // portable-pty starts the process with setsid(): its pid is its group.
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = pty.child.wait();
     }
-    let _ = pty.child.kill();
-    let _ = pty.child.wait();
 }
 
 fn pty_writer(mut writer: Box<dyn Write + Send>, rx: std::sync::mpsc::Receiver<Vec<u8>>) {

@@ -62,10 +62,10 @@ mod tests {
         let mut d = SseDecoder::new();
         assert!(d.push(b"data: {\"a\"").is_empty());
         assert!(d.push(b":1}\n").is_empty());
-        assert_eq!(d.push(b"\ndata: x\r\n\r\n: comment\n\n"), vec![
-            "{\"a\":1}".to_owned(),
-            "x".to_owned()
-        ]);
+        assert_eq!(
+            d.push(b"\ndata: x\r\n\r\n: comment\n\n"),
+            vec!["{\"a\":1}".to_owned(), "x".to_owned()]
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub struct Translator {
     /// Text parts of each assistant message, in order: message id → texts.
     texts: Vec<(String, String)>,
     steps: HashSet<String>,
+    step_starts: HashSet<String>,
     cost: f64,
     usage: Usage,
     busy_seen: bool,
@@ -136,7 +137,11 @@ pub fn event_session(event: &Value) -> Option<&str> {
 impl Translator {
     /// A translator for session `session_id` running in `cwd`; `model` is `provider/model`
     /// when known (updated from the assistant messages otherwise).
-    pub fn new(session_id: impl Into<String>, cwd: impl Into<String>, model: Option<String>) -> Self {
+    pub fn new(
+        session_id: impl Into<String>,
+        cwd: impl Into<String>,
+        model: Option<String>,
+    ) -> Self {
         Self {
             session_id: session_id.into(),
             cwd: cwd.into(),
@@ -149,6 +154,7 @@ impl Translator {
             tools: HashMap::new(),
             texts: Vec::new(),
             steps: HashSet::new(),
+            step_starts: HashSet::new(),
             cost: 0.0,
             usage: Usage::default(),
             busy_seen: false,
@@ -164,6 +170,11 @@ impl Translator {
     /// Model steps finished so far (Claude's `num_turns`: one per model call).
     pub fn num_turns(&self) -> u32 {
         u32::try_from(self.steps.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Model steps started so far (a step past the turn limit means the limit is exceeded).
+    pub fn steps_started(&self) -> u32 {
+        u32::try_from(self.step_starts.len()).unwrap_or(u32::MAX)
     }
 
     /// Cost so far in USD.
@@ -351,16 +362,19 @@ impl Translator {
                 }
             }
             "tool" => self.on_tool(id, message_id, part, out),
-            "step-finish" => {
-                if self.steps.insert(id.to_owned()) {
-                    self.cost += part["cost"].as_f64().unwrap_or(0.0);
-                    let t = &part["tokens"];
-                    let n = |v: &Value| v.as_f64().map(|f| f.max(0.0) as u64).unwrap_or(0);
-                    self.usage.input += n(&t["input"]);
-                    self.usage.output += n(&t["output"]);
-                    self.usage.cache_read += n(&t["cache"]["read"]);
-                    self.usage.cache_write += n(&t["cache"]["write"]);
-                }
+            "step-start" => {
+                self.busy_seen = true;
+                self.step_starts.insert(id.to_owned());
+            }
+            // Counted once per part: opencode may repeat an update.
+            "step-finish" if self.steps.insert(id.to_owned()) => {
+                self.cost += part["cost"].as_f64().unwrap_or(0.0);
+                let t = &part["tokens"];
+                let n = |v: &Value| v.as_f64().map(|f| f.max(0.0) as u64).unwrap_or(0);
+                self.usage.input += n(&t["input"]);
+                self.usage.output += n(&t["output"]);
+                self.usage.cache_read += n(&t["cache"]["read"]);
+                self.usage.cache_write += n(&t["cache"]["write"]);
             }
             _ => {}
         }
@@ -416,7 +430,10 @@ impl Translator {
         }
         if emit_result {
             let (content, is_error) = if status == "error" {
-                (state["error"].as_str().unwrap_or("tool failed").to_owned(), true)
+                (
+                    state["error"].as_str().unwrap_or("tool failed").to_owned(),
+                    true,
+                )
             } else {
                 (state["output"].as_str().unwrap_or("").to_owned(), false)
             };
@@ -584,11 +601,17 @@ mod tests {
     fn part(p: Value) -> Value {
         let mut p = p;
         p["sessionID"] = json!(SID);
-        ev("message.part.updated", json!({"sessionID": SID, "part": p, "time": 1}))
+        ev(
+            "message.part.updated",
+            json!({"sessionID": SID, "part": p, "time": 1}),
+        )
     }
 
     fn status(t: &str) -> Value {
-        ev("session.status", json!({"sessionID": SID, "status": {"type": t}}))
+        ev(
+            "session.status",
+            json!({"sessionID": SID, "status": {"type": t}}),
+        )
     }
 
     fn message(id: &str, role: &str) -> Value {
@@ -614,35 +637,54 @@ mod tests {
     fn tool_round_trip() -> Vec<Value> {
         vec![
             message("msg_u", "user"),
-            part(json!({"id": "prt_u", "messageID": "msg_u", "type": "text", "text": "TOOL_BASH please"})),
+            part(
+                json!({"id": "prt_u", "messageID": "msg_u", "type": "text", "text": "TOOL_BASH please"}),
+            ),
             status("busy"),
             message("msg_a1", "assistant"),
             part(json!({"id": "prt_s1", "messageID": "msg_a1", "type": "step-start"})),
-            part(json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
-                        "callID": "call_1", "state": {"status": "pending", "input": {}, "raw": ""}})),
-            part(json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
+            part(
+                json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
+                        "callID": "call_1", "state": {"status": "pending", "input": {}, "raw": ""}}),
+            ),
+            part(
+                json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
                         "callID": "call_1", "state": {"status": "running",
-                        "input": {"command": "echo hi", "description": "Print hi"}, "time": {"start": 1}}})),
-            part(json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
+                        "input": {"command": "echo hi", "description": "Print hi"}, "time": {"start": 1}}}),
+            ),
+            part(
+                json!({"id": "prt_t", "messageID": "msg_a1", "type": "tool", "tool": "bash",
                         "callID": "call_1", "state": {"status": "completed",
                         "input": {"command": "echo hi", "description": "Print hi"}, "output": "hi\n",
-                        "metadata": {}, "title": "echo hi", "time": {"start": 1, "end": 2}}})),
-            part(json!({"id": "prt_f1", "messageID": "msg_a1", "type": "step-finish", "reason": "tool-calls",
+                        "metadata": {}, "title": "echo hi", "time": {"start": 1, "end": 2}}}),
+            ),
+            part(
+                json!({"id": "prt_f1", "messageID": "msg_a1", "type": "step-finish", "reason": "tool-calls",
                         "cost": 0.25, "tokens": {"input": 100, "output": 10, "reasoning": 0,
-                        "cache": {"read": 5, "write": 1}}})),
+                        "cache": {"read": 5, "write": 1}}}),
+            ),
             message("msg_a2", "assistant"),
-            part(json!({"id": "prt_x", "messageID": "msg_a2", "type": "text", "text": "", "time": {"start": 3}})),
-            ev("message.part.delta", json!({"sessionID": SID, "messageID": "msg_a2", "partID": "prt_x",
-                                           "field": "text", "delta": "FAKE_DONE: "})),
+            part(
+                json!({"id": "prt_x", "messageID": "msg_a2", "type": "text", "text": "", "time": {"start": 3}}),
+            ),
+            ev(
+                "message.part.delta",
+                json!({"sessionID": SID, "messageID": "msg_a2", "partID": "prt_x",
+                                           "field": "text", "delta": "FAKE_DONE: "}),
+            ),
             part(json!({"id": "prt_x", "messageID": "msg_a2", "type": "text",
                         "text": "FAKE_DONE: tool said hi", "time": {"start": 3, "end": 4}})),
-            part(json!({"id": "prt_f2", "messageID": "msg_a2", "type": "step-finish", "reason": "stop",
+            part(
+                json!({"id": "prt_f2", "messageID": "msg_a2", "type": "step-finish", "reason": "stop",
                         "cost": 0.5, "tokens": {"input": 100, "output": 10, "reasoning": 0,
-                        "cache": {"read": 0, "write": 0}}})),
+                        "cache": {"read": 0, "write": 0}}}),
+            ),
             // A repeated update of the same step is not counted twice.
-            part(json!({"id": "prt_f2", "messageID": "msg_a2", "type": "step-finish", "reason": "stop",
+            part(
+                json!({"id": "prt_f2", "messageID": "msg_a2", "type": "step-finish", "reason": "stop",
                         "cost": 0.5, "tokens": {"input": 100, "output": 10, "reasoning": 0,
-                        "cache": {"read": 0, "write": 0}}})),
+                        "cache": {"read": 0, "write": 0}}}),
+            ),
             status("idle"),
             ev("session.idle", json!({"sessionID": SID})),
         ]
@@ -667,7 +709,10 @@ mod tests {
         assert_eq!(result["tool_use_id"], "call_1");
         assert_eq!(result["content"], "hi\n");
         assert_eq!(result["is_error"], false);
-        assert_eq!(out[2]["message"]["content"][0]["text"], "FAKE_DONE: tool said hi");
+        assert_eq!(
+            out[2]["message"]["content"][0]["text"],
+            "FAKE_DONE: tool said hi"
+        );
         for e in &out {
             assert_eq!(e["session_id"], SID);
             assert_eq!(e["uuid"].as_str().map(str::len), Some(36));
@@ -696,8 +741,16 @@ mod tests {
         let other = json!({"type": "message.part.updated", "properties": {"sessionID": "ses_2",
             "part": {"id": "p", "messageID": "m", "sessionID": "ses_2", "type": "text", "text": "x",
                      "time": {"start": 1, "end": 2}}}});
-        let (out, _) = feed(&mut t, &[other, message("msg_u", "user"),
-            part(json!({"id": "prt_u", "messageID": "msg_u", "type": "text", "text": "prompt"}))]);
+        let (out, _) = feed(
+            &mut t,
+            &[
+                other,
+                message("msg_u", "user"),
+                part(
+                    json!({"id": "prt_u", "messageID": "msg_u", "type": "text", "text": "prompt"}),
+                ),
+            ],
+        );
         assert!(out.is_empty());
         // Idle before any work (the fresh session's state) does not end the task.
         assert_eq!(t.on_event(&status("idle")).1, Signal::None);
@@ -706,8 +759,11 @@ mod tests {
     #[test]
     fn api_error_fails_the_task_as_a_user_failure() {
         let mut t = Translator::new(SID, "/w", Some("fake/fake-model".into()));
-        let err = ev("session.error", json!({"sessionID": SID, "error": {"name": "APIError",
-            "data": {"message": "fake injected 401", "statusCode": 401, "isRetryable": false}}}));
+        let err = ev(
+            "session.error",
+            json!({"sessionID": SID, "error": {"name": "APIError",
+            "data": {"message": "fake injected 401", "statusCode": 401, "isRetryable": false}}}),
+        );
         let (_, signals) = feed(&mut t, &[err, status("idle")]);
         assert_eq!(signals[1], Signal::Idle);
         let (tail, outcome) = t.finish(&Ending::Idle);
@@ -727,17 +783,30 @@ mod tests {
     #[test]
     fn cancel_flushes_partial_text_and_open_tools() {
         let mut t = Translator::new(SID, "/w", None);
-        let (out, _) = feed(&mut t, &[
-            status("busy"),
-            message("msg_a", "assistant"),
-            part(json!({"id": "prt_x", "messageID": "msg_a", "type": "text", "text": "", "time": {"start": 1}})),
-            ev("message.part.delta", json!({"sessionID": SID, "messageID": "msg_a", "partID": "prt_x",
-                                           "field": "text", "delta": "half"})),
-            part(json!({"id": "prt_t", "messageID": "msg_a", "type": "tool", "tool": "bash",
-                        "callID": "c", "state": {"status": "running", "input": {"command": "sleep 9"}}})),
-            ev("session.error", json!({"sessionID": SID, "error": {"name": "MessageAbortedError",
-                                      "data": {"message": "Aborted"}}})),
-        ]);
+        let (out, _) = feed(
+            &mut t,
+            &[
+                status("busy"),
+                message("msg_a", "assistant"),
+                part(
+                    json!({"id": "prt_x", "messageID": "msg_a", "type": "text", "text": "", "time": {"start": 1}}),
+                ),
+                ev(
+                    "message.part.delta",
+                    json!({"sessionID": SID, "messageID": "msg_a", "partID": "prt_x",
+                                           "field": "text", "delta": "half"}),
+                ),
+                part(
+                    json!({"id": "prt_t", "messageID": "msg_a", "type": "tool", "tool": "bash",
+                        "callID": "c", "state": {"status": "running", "input": {"command": "sleep 9"}}}),
+                ),
+                ev(
+                    "session.error",
+                    json!({"sessionID": SID, "error": {"name": "MessageAbortedError",
+                                      "data": {"message": "Aborted"}}}),
+                ),
+            ],
+        );
         assert_eq!(out.len(), 1, "tool_use only");
         let (tail, outcome) = t.finish(&Ending::Cancelled);
         let kinds: Vec<_> = tail.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -751,12 +820,23 @@ mod tests {
     #[test]
     fn abort_from_elsewhere_is_a_cancellation_and_retries_are_reported() {
         let mut t = Translator::new(SID, "/w", None);
-        let retry = ev("session.status", json!({"sessionID": SID, "status": {"type": "retry",
-            "attempt": 1, "message": "overloaded", "next": 5}}));
-        let (out, _) = feed(&mut t, &[retry,
-            ev("session.error", json!({"sessionID": SID, "error": {"name": "MessageAbortedError",
-                                      "data": {"message": "Aborted"}}})),
-            status("idle")]);
+        let retry = ev(
+            "session.status",
+            json!({"sessionID": SID, "status": {"type": "retry",
+            "attempt": 1, "message": "overloaded", "next": 5}}),
+        );
+        let (out, _) = feed(
+            &mut t,
+            &[
+                retry,
+                ev(
+                    "session.error",
+                    json!({"sessionID": SID, "error": {"name": "MessageAbortedError",
+                                      "data": {"message": "Aborted"}}}),
+                ),
+                status("idle"),
+            ],
+        );
         assert_eq!(out[0]["subtype"], "api_retry");
         assert_eq!(out[0]["attempt"], 1);
         let (_, outcome) = t.finish(&Ending::Idle);
@@ -779,10 +859,22 @@ mod tests {
     #[test]
     fn permission_and_question_requests_are_signalled() {
         let mut t = Translator::new(SID, "/w", None);
-        let (_, s) = t.on_event(&ev("permission.asked", json!({"id": "per_1", "sessionID": SID,
-            "permission": "external_directory", "patterns": [], "metadata": {}, "always": []})));
-        assert_eq!(s, Signal::PermissionAsked { id: "per_1".into(), permission: "external_directory".into() });
-        let (_, s) = t.on_event(&ev("question.asked", json!({"id": "que_1", "sessionID": SID, "questions": []})));
+        let (_, s) = t.on_event(&ev(
+            "permission.asked",
+            json!({"id": "per_1", "sessionID": SID,
+            "permission": "external_directory", "patterns": [], "metadata": {}, "always": []}),
+        ));
+        assert_eq!(
+            s,
+            Signal::PermissionAsked {
+                id: "per_1".into(),
+                permission: "external_directory".into()
+            }
+        );
+        let (_, s) = t.on_event(&ev(
+            "question.asked",
+            json!({"id": "que_1", "sessionID": SID, "questions": []}),
+        ));
         assert_eq!(s, Signal::QuestionAsked { id: "que_1".into() });
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use agentserver::plugins::{self, PluginOptions};
 use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_backend_opencode::{OpencodeBackend, OpencodeConfig, Token};
 use agentserver_plugin_api::Backend;
 use anyhow::{Context, Result};
 
@@ -37,9 +38,11 @@ pub fn build(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
         }
         "opencode" => opencode(choice),
         name => {
-            let mut options = PluginOptions::default();
-            options.plugin_dirs = choice.plugins.plugin_dir.clone();
-            options.allow_native = choice.plugins.allow_native.clone();
+            let options = PluginOptions {
+                plugin_dirs: choice.plugins.plugin_dir.clone(),
+                allow_native: choice.plugins.allow_native.clone(),
+                ..PluginOptions::default()
+            };
             plugins::load_backend(name, &options).with_context(|| {
                 format!(
                     "`{name}` is neither a built-in backend (claudecode, opencode) nor a loadable plugin; \
@@ -51,6 +54,15 @@ pub fn build(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
 }
 
 fn opencode(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
-    let _ = choice;
-    anyhow::bail!("the opencode backend is not built into this binary yet")
+    let args = choice.opencode;
+    let config = OpencodeConfig {
+        opencode_url: args.opencode_url.clone(),
+        opencode_token: args.opencode_token.clone().map(Token::new),
+        auto_start: args.auto_start,
+        opencode_bin: args.opencode_bin.clone(),
+        opencode_port: args.opencode_port,
+        workdir: choice.workdir.to_path_buf(),
+        ..OpencodeConfig::default()
+    };
+    Ok(Arc::new(OpencodeBackend::new(config)))
 }

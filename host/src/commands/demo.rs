@@ -124,10 +124,8 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
         })
         .await;
     step(5, "Tunnel connected (WebSocket + yamux)");
-    if got_info {
-        if let Some(agent_info) = mock.sandbox(&sandbox_id).and_then(|s| s.agent_info) {
-            detail(&describe_agent_info(&agent_info));
-        }
+    if got_info && let Some(agent_info) = mock.sandbox(&sandbox_id).and_then(|s| s.agent_info) {
+        detail(&describe_agent_info(&agent_info));
     }
 
     // 5. A task.

@@ -166,7 +166,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
 
     let (sink, rx) = EventSink::channel(shared.config.event_buffer);
     let finish = CancellationToken::new();
-    let forwarder = tokio::spawn(forward_events(
+    let mut forwarder = tokio::spawn(forward_events(
         rx,
         bridge.clone().filter(|_| bridge_ok),
         ctl.clone(),
@@ -198,7 +198,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
 
     // Flush the events the backend emitted, then leave the bridge idle.
     finish.cancel();
-    match tokio::time::timeout(shared.config.flush_timeout, forwarder).await {
+    match tokio::time::timeout(shared.config.flush_timeout, &mut forwarder).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => bridge_ok = false,
         Ok(Err(err)) => {
@@ -207,6 +207,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
         }
         Err(_) => {
             tracing::warn!(task = %task_id, timeout = ?shared.config.flush_timeout, "gave up flushing task events to the bridge");
+            forwarder.abort();
             bridge_ok = false;
         }
     }
@@ -503,5 +504,20 @@ async fn forward_events(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_say_whose_fault() {
+        assert_eq!(failure_reason(Some(FailureKind::User), "max turns"), "max turns");
+        assert_eq!(
+            failure_reason(Some(FailureKind::System), "claude not found"),
+            "system error: claude not found"
+        );
+        assert_eq!(failure_reason(None, "  "), "task failed");
     }
 }

@@ -1,5 +1,6 @@
 //! Support code for the integration tests: helpers to run the `agentserver` binary against the
 //! mock server with an isolated `HOME`.
 
+pub mod opencode_support;
 pub mod test_backend;
 pub mod tunnel_support;

@@ -497,7 +497,7 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
         let gap = conns[i + 1].connected_at - conns[i].disconnected_at.unwrap();
         let base = Duration::from_millis(*base);
         assert!(
-            gap >= base && gap < base.mul_f64(1.1) + Duration::from_millis(300),
+            gap >= base && gap < base.mul_f64(1.1) + Duration::from_millis(500),
             "gap {i}: {gap:?}, expected about {base:?}"
         );
     }
@@ -531,7 +531,7 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
     let conns = state.tunnel.connections(&id);
     let gap = conns[6].connected_at - conns[5].disconnected_at.unwrap();
     assert!(
-        gap >= Duration::from_millis(200) && gap < Duration::from_millis(520),
+        gap >= Duration::from_millis(200) && gap < Duration::from_millis(780),
         "after reset: {gap:?}"
     );
 

@@ -329,13 +329,14 @@ pub async fn serve(socket: WebSocket, sandbox_id: String, state: Arc<MockState>)
         _ = control.closed() => {}
     }
     let reason = control.closed().await;
+    let ended = Instant::now();
     // Give the socket a moment to deliver a close frame that raced the session's end.
     let _ = tokio::time::timeout(Duration::from_millis(200), control.finished()).await;
     let code = *close_code.lock().unwrap_or_else(|e| e.into_inner());
     let still_active = {
         let mut inner = tunnels.lock();
         if let Some(rec) = inner.log.iter_mut().find(|c| c.conn_id == conn_id) {
-            rec.disconnected_at = Some(Instant::now());
+            rec.disconnected_at = Some(ended);
             rec.close_reason = Some(reason.to_string());
             rec.close_code = code;
         }

@@ -346,7 +346,7 @@ impl ResourceLimiter for CapLimiter {
 /// What outbound HTTP a task may do.
 struct HttpAccess {
     allowed: Vec<String>,
-    client: reqwest::Client,
+    client: Arc<OnceLock<reqwest::Client>>,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -427,7 +427,8 @@ impl wit_http::Host for HostState {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| format!("bad method `{}`", request.method))?;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let mut builder = self.http.client.request(method, url).timeout(remaining);
+        let client = self.http.client.get_or_init(reqwest::Client::new);
+        let mut builder = client.request(method, url).timeout(remaining);
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }
@@ -472,7 +473,8 @@ struct WasmPlugin {
     memory_cap: usize,
     timeout: Duration,
     grace: Duration,
-    http_client: reqwest::Client,
+    /// Created on the first permitted fetch, then shared by the plugin's tasks.
+    http_client: Arc<OnceLock<reqwest::Client>>,
 }
 
 /// Settings for [`load_component`].
@@ -553,7 +555,7 @@ pub fn load_component(
             memory_cap: usize::try_from(settings.memory_cap_bytes).unwrap_or(usize::MAX),
             timeout: settings.timeout,
             grace: settings.cancel_grace,
-            http_client: reqwest::Client::new(),
+            http_client: Arc::default(),
         }),
     };
     let description = backend
@@ -653,7 +655,7 @@ impl WasmBackend {
             deadline,
             http: Arc::new(HttpAccess {
                 allowed: plugin.permissions.http.clone(),
-                client: plugin.http_client.clone(),
+                client: Arc::clone(&plugin.http_client),
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
             stop: None,

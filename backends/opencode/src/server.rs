@@ -1,0 +1,527 @@
+//! The `opencode serve` child process: start, readiness, stop and the supervisor that restarts
+//! it when it dies while the host runs.
+//!
+//! Readiness follows spec §11 with one change (see `docs/decisions/opencode.md`): the server
+//! is ready once it printed `opencode server listening on http://…` **and** answered
+//! `GET /global/health`; no request is sent before that line, because opencode can accept a
+//! connection and then hang it for an hour while it is still starting.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::api::Api;
+use crate::config::OpencodeConfig;
+
+/// Where the backend's opencode server stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerState {
+    /// Nothing started yet.
+    NotStarted,
+    /// The first start is under way.
+    Starting,
+    /// The server answers at `base`. `generation` grows by one with every (re)start.
+    Ready {
+        /// Base URL, e.g. `http://127.0.0.1:4096`.
+        base: Url,
+        /// 0 for a server the backend did not start, then 1, 2, … per start.
+        generation: u64,
+    },
+    /// The server the backend started died; a new one is being started.
+    Restarting {
+        /// Why the last one is gone (or why the last restart failed).
+        reason: String,
+    },
+    /// The first start failed (the error is also returned by `start`).
+    Failed(String),
+    /// Stopped by `shutdown`.
+    Stopped,
+}
+
+/// Why `opencode serve` could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The binary could not be executed.
+    #[error("could not run {bin}: {source}")]
+    Spawn {
+        /// The binary.
+        bin: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It exited before it printed its "listening" line.
+    #[error("opencode serve exited before listening ({status}){stderr}")]
+    Exited {
+        /// Exit status.
+        status: String,
+        /// The last lines it printed, prefixed with `: ` (or empty).
+        stderr: String,
+    },
+    /// No "listening" line within the ready timeout.
+    #[error("opencode serve printed no \"listening\" line within {0:?}")]
+    NoListeningLine(Duration),
+    /// It printed the line but `/global/health` did not answer in time.
+    #[error("opencode serve at {base} did not answer /global/health within {timeout:?}: {last}")]
+    Unhealthy {
+        /// The URL from the line.
+        base: Url,
+        /// The ready timeout.
+        timeout: Duration,
+        /// The last health error.
+        last: String,
+    },
+    /// Something else answers on the port.
+    #[error("port {port} is in use by something that does not answer like opencode ({detail})")]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// What the probe saw.
+        detail: String,
+    },
+    /// The backend is shutting down.
+    #[error("stopped while starting")]
+    Stopped,
+}
+
+/// Extracts the URL from `opencode server listening on http://127.0.0.1:4096` (ANSI colour
+/// codes and trailing punctuation tolerated).
+pub fn parse_listening_line(line: &str) -> Option<Url> {
+    let clean = strip_ansi(line);
+    let idx = clean.find("listening on")?;
+    let rest = &clean[idx + "listening on".len()..];
+    let start = rest.find("http://").or_else(|| rest.find("https://"))?;
+    let url: String = rest[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let url = url.trim_end_matches(['.', ',', ';']);
+    Url::parse(url).ok().filter(|u| u.host().is_some())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Sends `signal` to process group `pgid` (never 0 or 1). False if it no longer exists.
+pub fn signal_group(pgid: u32, signal: Signal) -> bool {
+    match i32::try_from(pgid) {
+        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), signal).is_ok(),
+        _ => false,
+    }
+}
+
+/// A started, ready `opencode serve`.
+pub(crate) struct Running {
+    pub child: Child,
+    pub pid: u32,
+    pub base: Url,
+    pub version: String,
+}
+
+/// The last lines a child printed, for error messages.
+#[derive(Clone, Default)]
+struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == 20 {
+            q.pop_front();
+        }
+        q.push_back(line.chars().take(500).collect());
+    }
+
+    fn render(&self) -> String {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", q.iter().cloned().collect::<Vec<_>>().join(" | "))
+        }
+    }
+}
+
+fn log_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    pid: u32,
+    stream: &'static str,
+    tail: Tail,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tail.push(&line);
+            tracing::debug!(target: "opencode", pid, stream, "{line}");
+        }
+    });
+}
+
+fn command(config: &OpencodeConfig) -> Command {
+    let mut cmd = Command::new(&config.opencode_bin);
+    cmd.arg("serve")
+        .arg("--hostname")
+        .arg("127.0.0.1")
+        .arg("--port")
+        .arg(config.opencode_port.to_string())
+        .current_dir(&config.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if config.clear_env {
+        cmd.env_clear();
+    }
+    // Never hand down a password the user did not configure for this server.
+    cmd.env_remove("OPENCODE_SERVER_PASSWORD");
+    for (k, v) in &config.env {
+        cmd.env(k, v);
+    }
+    if let Some(token) = config.token() {
+        cmd.env("OPENCODE_SERVER_PASSWORD", token.expose());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the closure only calls prctl(2) and signal(2), which are async-signal-safe,
+        // and touches no memory of the parent. PR_SET_PDEATHSIG makes the kernel SIGKILL
+        // opencode if the host dies without stopping it (a crash, SIGKILL), so a 600 MB server
+        // is never left behind; SIGINT/SIGTERM are reset to their defaults because an ignored
+        // disposition (a host started in the background by a shell) survives exec and would
+        // make opencode deaf to the SIGINT that stops it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// Starts `opencode serve` and waits until it is ready (or `stop` fires). `on_spawn` gets
+/// the pid right after the spawn, so that the caller can kill it whatever happens next.
+pub(crate) async fn spawn(
+    config: &OpencodeConfig,
+    api: &Api,
+    stop: &CancellationToken,
+    on_spawn: impl FnOnce(u32),
+) -> Result<Running, StartError> {
+    let mut child = command(config)
+        .spawn()
+        .map_err(|source| StartError::Spawn {
+            bin: config.opencode_bin.display().to_string(),
+            source,
+        })?;
+    let pid = child.id().unwrap_or(0);
+    on_spawn(pid);
+    tracing::info!(pid, bin = %config.opencode_bin.display(), port = config.opencode_port, "starting opencode serve");
+    let tail = Tail::default();
+    if let Some(stderr) = child.stderr.take() {
+        log_lines(stderr, pid, "stderr", tail.clone());
+    }
+    let stdout = child.stdout.take();
+    let result = tokio::select! {
+        r = wait_ready(config, api, &mut child, stdout, pid, &tail) => r,
+        _ = stop.cancelled() => Err(StartError::Stopped),
+    };
+    match result {
+        Ok((base, version)) => {
+            tracing::info!(pid, %base, %version, "opencode serve is ready");
+            Ok(Running {
+                child,
+                pid,
+                base,
+                version,
+            })
+        }
+        Err(e) => {
+            signal_group(pid, Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn wait_ready(
+    config: &OpencodeConfig,
+    api: &Api,
+    child: &mut Child,
+    stdout: Option<tokio::process::ChildStdout>,
+    pid: u32,
+    tail: &Tail,
+) -> Result<(Url, String), StartError> {
+    let deadline = tokio::time::Instant::now() + config.ready_timeout;
+    let Some(stdout) = stdout else {
+        return Err(StartError::NoListeningLine(config.ready_timeout));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(StartError::NoListeningLine(config.ready_timeout));
+            }
+        };
+        match line {
+            Ok(Some(line)) => {
+                tail.push(&line);
+                tracing::debug!(target: "opencode", pid, stream = "stdout", "{line}");
+                if let Some(url) = parse_listening_line(&line) {
+                    break url;
+                }
+            }
+            Ok(None) | Err(_) => {
+                let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await
+                {
+                    Ok(Ok(s)) => s.to_string(),
+                    _ => "still running, stdout closed".to_owned(),
+                };
+                // Give the stderr reader a moment to collect the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(StartError::Exited {
+                    status,
+                    stderr: tail.render(),
+                });
+            }
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    let rest = lines.into_inner();
+    log_lines(rest, pid, "stdout", tail.clone());
+
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(StartError::Exited {
+                status: status.to_string(),
+                stderr: tail.render(),
+            });
+        }
+        let last = match api.health(&base, config.health_timeout).await {
+            Ok(h) if h.healthy => return Ok((base, h.version)),
+            Ok(h) => format!("healthy: false (version {})", h.version),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StartError::Unhealthy {
+                base,
+                timeout: config.ready_timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGINT to the group, then SIGKILL after `grace` (spec §11).
+pub(crate) async fn stop_child(child: &mut Child, pid: u32, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        signal_group(pid, Signal::SIGKILL);
+        return;
+    }
+    tracing::info!(pid, "stopping opencode serve");
+    signal_group(pid, Signal::SIGINT);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => {
+            // Tools it started may still run in its group.
+            signal_group(pid, Signal::SIGKILL);
+        }
+        Err(_) => {
+            tracing::warn!(
+                pid,
+                ?grace,
+                "opencode serve did not stop on SIGINT; killing it"
+            );
+            signal_group(pid, Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+/// State shared by the backend and the supervisor of a server the backend started.
+pub(crate) struct Managed {
+    pub state: watch::Sender<ServerState>,
+    /// Pid (= process group) of the current child, for emergency kills.
+    pub pid: Mutex<Option<u32>>,
+    pub stop: CancellationToken,
+    pub restarts: AtomicU64,
+    pub version: Mutex<String>,
+}
+
+impl Managed {
+    pub fn new() -> Self {
+        Self {
+            state: watch::Sender::new(ServerState::NotStarted),
+            pid: Mutex::new(None),
+            stop: CancellationToken::new(),
+            restarts: AtomicU64::new(0),
+            version: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+    }
+
+    pub fn current_pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_version(&self, version: &str) {
+        *self.version.lock().unwrap_or_else(|p| p.into_inner()) = version.to_owned();
+    }
+
+    /// Kills the current child's group at once (used when the backend is dropped).
+    pub fn kill_now(&self) {
+        if let Some(pid) = self.current_pid() {
+            signal_group(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Watches a started server until `shared.stop` fires: stops it gracefully then, restarts it
+/// with backoff whenever it dies before.
+pub(crate) async fn supervise(
+    shared: Arc<Managed>,
+    config: Arc<OpencodeConfig>,
+    api: Api,
+    mut running: Running,
+    mut generation: u64,
+) {
+    let initial = config.restart_backoff_initial;
+    let mut delay = initial;
+    loop {
+        let started = Instant::now();
+        let status = tokio::select! {
+            status = running.child.wait() => status,
+            _ = shared.stop.cancelled() => {
+                stop_child(&mut running.child, running.pid, config.stop_grace).await;
+                shared.set_pid(None);
+                shared.state.send_replace(ServerState::Stopped);
+                return;
+            }
+        };
+        // Leftovers of its group (tools it was running) go with it.
+        signal_group(running.pid, Signal::SIGKILL);
+        shared.set_pid(None);
+        if shared.stop.is_cancelled() {
+            shared.state.send_replace(ServerState::Stopped);
+            return;
+        }
+        if started.elapsed() > config.restart_backoff_max {
+            delay = initial;
+        }
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            pid = running.pid,
+            %status,
+            restart_in = ?delay,
+            "opencode serve exited unexpectedly; restarting it"
+        );
+        shared.state.send_replace(ServerState::Restarting {
+            reason: format!("opencode serve exited unexpectedly ({status})"),
+        });
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shared.stop.cancelled() => {
+                    shared.state.send_replace(ServerState::Stopped);
+                    return;
+                }
+            }
+            delay = (delay * 2).min(config.restart_backoff_max);
+            let pid_slot = shared.clone();
+            match spawn(&config, &api, &shared.stop, move |pid| {
+                pid_slot.set_pid(Some(pid))
+            })
+            .await
+            {
+                Ok(r) => {
+                    generation += 1;
+                    let n = shared.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.set_version(&r.version);
+                    tracing::info!(pid = r.pid, base = %r.base, restarts = n, "opencode serve restarted");
+                    shared.state.send_replace(ServerState::Ready {
+                        base: r.base.clone(),
+                        generation,
+                    });
+                    running = r;
+                    break;
+                }
+                Err(StartError::Stopped) => {
+                    shared.set_pid(None);
+                    shared.state.send_replace(ServerState::Stopped);
+                    return;
+                }
+                Err(e) => {
+                    shared.set_pid(None);
+                    tracing::error!(error = %e, retry_in = ?delay, "restarting opencode serve failed");
+                    shared.state.send_replace(ServerState::Restarting {
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_lines() {
+        assert_eq!(
+            parse_listening_line("opencode server listening on http://127.0.0.1:4096")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:4096/"
+        );
+        assert_eq!(
+            parse_listening_line(
+                "\u{1b}[32mopencode server listening on http://127.0.0.1:38123\u{1b}[0m "
+            )
+            .unwrap()
+            .port(),
+            Some(38123)
+        );
+        assert!(parse_listening_line("Warning: OPENCODE_SERVER_PASSWORD is not set").is_none());
+        assert!(parse_listening_line("listening on nothing").is_none());
+    }
+
+    #[test]
+    fn never_signals_dangerous_groups() {
+        assert!(!signal_group(0, Signal::SIGCONT));
+        assert!(!signal_group(1, Signal::SIGCONT));
+    }
+}
