@@ -4,6 +4,7 @@
 mod support_auth_state;
 
 use std::io::{BufRead, BufReader, Write};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,15 +29,28 @@ fn child(test: &str, dir: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
-/// Reads the child's stdout until a line equal to `marker` (the libtest harness prints its
-/// own lines around ours).
-fn wait_for_line(reader: &mut impl BufRead, marker: &str) {
-    let mut line = String::new();
+/// Waits (at most 20 s) until the child prints `marker` at the end of a line (the libtest
+/// harness prints `test name ... ` in front of our output). Returns the rest of stdout as
+/// a line channel.
+fn wait_for_line(
+    stdout: std::process::ChildStdout,
+    marker: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "child ended before {marker}");
-        if line.trim_end() == marker {
-            return;
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("child did not print {marker}: {e}"));
+        if line.trim_end().ends_with(marker) {
+            return rx;
         }
     }
 }
@@ -48,8 +62,7 @@ fn session_file_is_never_seen_half_written() {
     let path = store.path_of("writer").unwrap();
     for round in 0..3 {
         let mut writer = child("session_writer_child", tmp.path());
-        let mut out = BufReader::new(writer.stdout.take().unwrap());
-        wait_for_line(&mut out, "READY");
+        let _out = wait_for_line(writer.stdout.take().unwrap(), "READY");
         // Read concurrently with the writes: every read must parse.
         let mut reads = 0;
         let until = Instant::now() + Duration::from_millis(300 + 150 * round);
@@ -82,6 +95,13 @@ fn session_writer_child() {
     let dir = std::env::var_os(CHILD_DIR_ENV).expect("run by the parent test only");
     let store = SessionStore::new(dir);
     let mut s = session("writer", "/w", "claudecode", "2026-04-09T10:00:00Z", None);
+    // Stop when the parent goes away (its end of our stdin closes), so a failed parent
+    // never leaves this loop running.
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        std::process::exit(0);
+    });
     let padding = "x".repeat(256 * 1024);
     for generation in 0u64.. {
         s.name = format!("generation-{generation}-{}", &padding[..(generation as usize * 997) % padding.len()]);
@@ -98,8 +118,7 @@ fn pid_is_stamped_while_running_and_cleared_after_a_clean_exit() {
     let tmp = tempfile::tempdir().unwrap();
     let store = SessionStore::new(tmp.path());
     let mut holder = child("session_holder_child", tmp.path());
-    let mut out = BufReader::new(holder.stdout.take().unwrap());
-    wait_for_line(&mut out, "ACQUIRED");
+    let _out = wait_for_line(holder.stdout.take().unwrap(), "ACQUIRED");
     let running = store.load("held").unwrap();
     assert_eq!(running.pid, Some(holder.id() as i32));
     assert_eq!(running.live_pid(), Some(holder.id() as i32));

@@ -9,16 +9,20 @@
 //!
 //! * direct: `claude -p <prompt> --output-format stream-json --verbose --permission-mode
 //!   bypassPermissions`, stdout read to the end, waited for;
+//! * direct stream-json: the host's exact argv and stdin lines, driven minimally (write both
+//!   lines, read until the `result`, close stdin, wait);
 //! * host: `ClaudeCodeBackend::run` (stream-json in and out, every line parsed and forwarded as
 //!   an event, stdin closed on the result, process group cleaned up).
 //!
-//! It prints wall-time statistics and the ratio host / direct.
+//! It prints wall-time statistics and the ratios host / `claude -p` and host / stream-json.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_backend_claudecode::{
+    ClaudeCodeBackend, ClaudeCodeConfig, claude_args, initialize_request, user_message,
+};
 use agentserver_mock::fake_llm::FakeLlm;
 use agentserver_plugin_api::{CancellationToken, EventSink, Task, TaskStatus};
 use tokio::io::AsyncReadExt;
@@ -79,6 +83,50 @@ async fn direct(bin: &Path, env: &[(String, String)], workdir: &Path) -> Duratio
     let took = started.elapsed();
     assert!(status.success(), "direct claude failed: {status}");
     assert!(String::from_utf8_lossy(&out).contains("\"type\":\"result\""));
+    took
+}
+
+/// The exact argv and stdin protocol the host uses, driven minimally: both stdin lines written at
+/// once, stdout read until the `result` line, stdin closed, exit awaited.
+async fn direct_stream_json(bin: &Path, env: &[(String, String)], workdir: &Path) -> Duration {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let task = Task {
+        prompt: PROMPT.into(),
+        ..Task::default()
+    };
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .args(claude_args(&task))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn claude");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = format!("{}\n{}\n", initialize_request(&task), user_message(PROMPT));
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .expect("write stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut saw_result = false;
+    while let Some(line) = lines.next_line().await.expect("read stdout") {
+        if line.contains("\"type\":\"result\"") {
+            saw_result = true;
+            drop(stdin);
+            while lines.next_line().await.ok().flatten().is_some() {}
+            break;
+        }
+    }
+    let status = child.wait().await.expect("wait claude");
+    let took = started.elapsed();
+    assert!(
+        saw_result && status.success(),
+        "stream-json claude failed: {status}"
+    );
     took
 }
 
@@ -161,38 +209,51 @@ fn main() {
 
         for _ in 0..2 {
             direct(&bin, &env, &workdir).await;
+            direct_stream_json(&bin, &env, &workdir).await;
             host(&backend, &workdir).await;
         }
         let mut direct_times = Vec::with_capacity(runs);
+        let mut stream_times = Vec::with_capacity(runs);
         let mut host_times = Vec::with_capacity(runs);
         for i in 0..runs {
-            // Alternate which side goes first to cancel drift.
-            if i % 2 == 0 {
-                direct_times.push(direct(&bin, &env, &workdir).await);
-                host_times.push(host(&backend, &workdir).await);
-            } else {
-                host_times.push(host(&backend, &workdir).await);
-                direct_times.push(direct(&bin, &env, &workdir).await);
+            // Rotate which side goes first to cancel drift.
+            for k in 0..3 {
+                match (i + k) % 3 {
+                    0 => direct_times.push(direct(&bin, &env, &workdir).await),
+                    1 => stream_times.push(direct_stream_json(&bin, &env, &workdir).await),
+                    _ => host_times.push(host(&backend, &workdir).await),
+                }
             }
         }
         let d = stats(&direct_times);
+        let s = stats(&stream_times);
         let h = stats(&host_times);
         println!("claudecode overhead: {runs} runs each, plain answer from the fake LLM");
         println!(
-            "  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "  {:<18} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "", "mean ms", "median", "min", "p90", "max"
         );
-        for (name, s) in [("direct", &d), ("host", &h)] {
+        for (name, st) in [
+            ("direct claude -p", &d),
+            ("direct stream-json", &s),
+            ("host", &h),
+        ] {
             println!(
-                "  {:<8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                name, s.mean, s.median, s.min, s.p90, s.max
+                "  {:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                name, st.mean, st.median, st.min, st.p90, st.max
             );
         }
         println!(
-            "  ratio host/direct: mean {:.3}, median {:.3} (overhead {:+.1} ms median)",
+            "  ratio host / claude -p:    mean {:.3}, median {:.3} ({:+.1} ms median)",
             h.mean / d.mean,
             h.median / d.median,
             h.median - d.median
+        );
+        println!(
+            "  ratio host / stream-json:  mean {:.3}, median {:.3} ({:+.1} ms median)",
+            h.mean / s.mean,
+            h.median / s.median,
+            h.median - s.median
         );
         println!("  LLM requests served: {}", llm.requests().len());
     });

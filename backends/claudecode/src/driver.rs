@@ -234,7 +234,10 @@ async fn supervise(
             _ = cancel.cancelled() => break 'main Ending::Cancelled,
             status = child.wait(), if exited.is_none() && !wait_failed => {
                 match status {
-                    Ok(status) => exited = Some((status, Instant::now())),
+                    Ok(status) => {
+                        tracing::debug!(pid, %status, "claude exited");
+                        exited = Some((status, Instant::now()));
+                    }
                     Err(err) => {
                         tracing::warn!(%err, "waiting for claude failed");
                         wait_failed = true;
@@ -254,6 +257,7 @@ async fn supervise(
                 };
             }
             Ok(None) => {
+                tracing::debug!(pid, "claude closed stdout");
                 // stdout closed: wait for the exit.
                 if exited.is_some() {
                     break Ending::Exited;
@@ -317,6 +321,7 @@ async fn supervise(
                     result = Some(ResultInfo::from_value(&v));
                     result_at = Some(Instant::now());
                     stats.saw_result = true;
+                    tracing::debug!(pid, "result received; closing claude's stdin");
                     // One-shot query: closing stdin lets the CLI exit.
                     stdin_tx = None;
                 }

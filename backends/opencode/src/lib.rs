@@ -277,9 +277,9 @@ async fn start_server(inner: &Arc<Inner>) -> Result<(), StartError> {
         let base = Url::parse(url).map_err(|e| {
             fail(
                 managed,
-                StartError::PortTaken {
-                    port: 0,
-                    detail: format!("invalid --opencode-url {url:?}: {e}"),
+                StartError::InvalidUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
                 },
             )
         })?;
@@ -295,12 +295,13 @@ async fn start_server(inner: &Arc<Inner>) -> Result<(), StartError> {
         return Ok(());
     }
     let port = config.opencode_port;
-    let local = Url::parse(&format!("http://127.0.0.1:{port}")).map_err(|e| {
+    let local_url = format!("http://127.0.0.1:{port}");
+    let local = Url::parse(&local_url).map_err(|e| {
         fail(
             managed,
-            StartError::PortTaken {
-                port,
-                detail: e.to_string(),
+            StartError::InvalidUrl {
+                url: local_url.clone(),
+                reason: e.to_string(),
             },
         )
     })?;
@@ -308,9 +309,9 @@ async fn start_server(inner: &Arc<Inner>) -> Result<(), StartError> {
         if port == 0 {
             return Err(fail(
                 managed,
-                StartError::PortTaken {
-                    port,
-                    detail: "--opencode-port 0 needs --auto-start".into(),
+                StartError::InvalidUrl {
+                    url: local_url,
+                    reason: "--opencode-port 0 needs --auto-start".into(),
                 },
             ));
         }

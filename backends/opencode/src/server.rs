@@ -88,6 +88,14 @@ pub enum StartError {
         /// What the probe saw.
         detail: String,
     },
+    /// `--opencode-url` (or the URL built from the port) is not a URL.
+    #[error("invalid opencode URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// What was given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// The backend is shutting down.
     #[error("stopped while starting")]
     Stopped,

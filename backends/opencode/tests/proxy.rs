@@ -285,3 +285,17 @@ async fn a_missing_binary_fails_start_with_its_path() {
         Some(agentserver_plugin_api::FailureKind::System)
     );
 }
+
+#[tokio::test]
+async fn unusable_settings_fail_start() {
+    let bad = external("not a url".into(), None);
+    let err = bad.start().await.unwrap_err().to_string();
+    assert!(err.contains("invalid opencode URL"), "{err}");
+    let zero = OpencodeBackend::new(OpencodeConfig {
+        auto_start: false,
+        opencode_port: 0,
+        ..OpencodeConfig::default()
+    });
+    let err = zero.start().await.unwrap_err().to_string();
+    assert!(err.contains("needs --auto-start"), "{err}");
+}

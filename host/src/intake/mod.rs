@@ -37,9 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use bridge::BridgeTimings;
 pub use client::{PolledTask, StatusBody};
-pub use runner::{
-    INTERRUPT_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason,
-};
+pub use runner::{INTERRUPT_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason};
 
 use backoff::jittered;
 use bridge::BridgeClient;
@@ -423,7 +421,8 @@ impl Intake {
                 &shared,
                 &task_id,
                 StatusBody::failed(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}")),
-            );
+            )
+            .await;
         }
 
         let drain = self.handle.drain.clone();
@@ -462,10 +461,17 @@ impl Intake {
                         } else {
                             tracing::debug!(count = tasks.len(), "received tasks");
                             summary.tasks_received += tasks.len() as u64;
-                            if let Err(err) = shared
-                                .outbox
-                                .mark_received(tasks.iter().map(|t| t.task_id.as_str()))
-                            {
+                            let outbox = shared.outbox.clone();
+                            let ids: Vec<String> =
+                                tasks.iter().map(|t| t.task_id.clone()).collect();
+                            let marked = tokio::task::spawn_blocking(move || {
+                                outbox
+                                    .mark_received(ids.iter().map(String::as_str))
+                                    .map_err(|e| e.to_string())
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                            if let Err(err) = marked {
                                 tracing::error!(%err, "cannot note received tasks on disk");
                             }
                             for t in &tasks {
@@ -517,7 +523,7 @@ impl Intake {
             );
         }
         for task in queue.drain(..) {
-            runner::finalize(&shared, &task.task_id, StatusBody::failed(SHUTDOWN_REASON));
+            runner::finalize(&shared, &task.task_id, StatusBody::failed(SHUTDOWN_REASON)).await;
         }
         let grace = shared.config.grace_period;
         let cancel = shared.cancel_all.clone();
@@ -579,7 +585,8 @@ fn spawn_task(shared: &Arc<Shared>, running: &mut JoinSet<()>, task: PolledTask)
                     &shared,
                     &task_id,
                     StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
-                );
+                )
+                .await;
             }
         }
     });

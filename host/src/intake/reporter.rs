@@ -142,6 +142,7 @@ async fn deliver_loop(inner: &Inner, entry: OutboxEntry, mut verify_first: bool)
         verify_first = matches!(attempt, Err(ClientError::Transport(_)));
         match attempt {
             Ok(()) => {
+                let at = std::time::Instant::now();
                 if let Err(err) = inner.outbox.remove(&entry.task_id) {
                     tracing::error!(task = %entry.task_id, %err, "status delivered but the outbox entry could not be removed");
                 }
@@ -152,7 +153,7 @@ async fn deliver_loop(inner: &Inner, entry: OutboxEntry, mut verify_first: bool)
                 }
                 let _ = inner.events.send(IntakeEvent::StatusAcked {
                     task_id: entry.task_id.clone(),
-                    at: std::time::Instant::now(),
+                    at,
                 });
                 return;
             }

@@ -77,8 +77,9 @@ fn system(reason: impl std::fmt::Display) -> StatusBody {
     StatusBody::failed(format!("{SYSTEM_PREFIX}{reason}"))
 }
 
-/// Writes the final status to the outbox (durably) and hands it to the reporter.
-pub(crate) fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
+/// Writes the final status to the outbox (durably, off the async threads) and hands it to the
+/// reporter.
+pub(crate) async fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
     let entry = OutboxEntry {
         version: OUTBOX_VERSION,
         task_id: task_id.to_owned(),
@@ -87,11 +88,18 @@ pub(crate) fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         body,
     };
-    let written = shared.outbox.write(&entry);
+    let outbox = shared.outbox.clone();
+    let copy = entry.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let written = outbox.write(&copy).map(|_| ());
+        if written.is_ok() {
+            outbox.clear_received(&copy.task_id);
+        }
+        written.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     shared.ledger.finished(task_id);
-    if written.is_ok() {
-        shared.outbox.clear_received(task_id);
-    }
     if let Err(err) = written {
         // Still try to deliver it; only durability across a crash is lost.
         tracing::error!(task = %task_id, %err, "cannot write the task status to the outbox");
@@ -144,7 +152,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
             } else {
                 system(reason)
             };
-            finalize(&shared, &task_id, body);
+            finalize(&shared, &task_id, body).await;
             return;
         }
     };
@@ -225,7 +233,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
     }
 
     let body = decide(&shared, result, &ctl);
-    finalize(&shared, &task_id, body);
+    finalize(&shared, &task_id, body).await;
 }
 
 fn from_join(r: Result<TaskOutcome, tokio::task::JoinError>) -> ExecResult {
@@ -513,7 +521,10 @@ mod tests {
 
     #[test]
     fn failure_reasons_say_whose_fault() {
-        assert_eq!(failure_reason(Some(FailureKind::User), "max turns"), "max turns");
+        assert_eq!(
+            failure_reason(Some(FailureKind::User), "max turns"),
+            "max turns"
+        );
         assert_eq!(
             failure_reason(Some(FailureKind::System), "claude not found"),
             "system error: claude not found"

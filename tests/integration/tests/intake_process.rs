@@ -268,6 +268,11 @@ async fn task_running_when_the_host_was_killed_is_reported_at_the_next_start() {
     host.signal(Signal::SIGTERM);
     assert_eq!(host.wait_exit(T).await, 0);
     assert!(env.outbox_files().is_empty());
-    let markers = env.home.path().join("outbox").join(&env.sandbox.id).join("received");
+    let markers = env
+        .home
+        .path()
+        .join("outbox")
+        .join(&env.sandbox.id)
+        .join("received");
     assert_eq!(std::fs::read_dir(markers).unwrap().count(), 0);
 }
