@@ -94,14 +94,25 @@ async fn login_succeeds_after_pending_polls_with_exact_wire_format() {
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(
         {
             let mut k = keys.clone();
             k.sort();
             k
         },
-        ["accessToken", "expiresAt", "refreshToken", "scopes", "serverUrl"]
+        [
+            "accessToken",
+            "expiresAt",
+            "refreshToken",
+            "scopes",
+            "serverUrl"
+        ]
     );
     let reparsed: Credentials = serde_json::from_str(&text).unwrap();
     assert_eq!(reparsed, creds);
@@ -218,11 +229,20 @@ async fn login_command_prints_the_prompt_and_saves_credentials() {
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let verify = format!("{}/oauth2/device/verify", mock.url());
-    assert!(stdout.starts_with("\nTo authenticate, visit:\n  "), "{stdout}");
-    assert!(stdout.contains(&format!("  {verify}?user_code=")), "{stdout}");
+    assert!(
+        stdout.starts_with("\nTo authenticate, visit:\n  "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  {verify}?user_code=")),
+        "{stdout}"
+    );
     assert!(stdout.contains("Or enter code: "), "{stdout}");
     assert!(stdout.contains(&format!(" at {verify}\n")), "{stdout}");
-    assert!(stdout.contains("Waiting for authentication...\n"), "{stdout}");
+    assert!(
+        stdout.contains("Waiting for authentication...\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.ends_with("Authentication successful!\nLogin successful! Credentials saved.\n"),
         "{stdout}"
@@ -233,7 +253,10 @@ async fn login_command_prints_the_prompt_and_saves_credentials() {
     let path = state_dir.join(".credentials.json");
     let creds: Credentials = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(creds.server_url, mock.url());
-    assert!(mock.state().access_token_active(creds.access_token.expose()));
+    assert!(
+        mock.state()
+            .access_token_active(creds.access_token.expose())
+    );
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600

@@ -52,7 +52,10 @@ async fn expired_access_token_is_refreshed_once_and_rotation_is_stored() {
     assert_eq!(saved.scopes, SCOPES);
 
     // Now valid: no second refresh, the same token comes back.
-    let again = ctx.ensure_valid_token(&format!("{}/", mock.url())).await.unwrap();
+    let again = ctx
+        .ensure_valid_token(&format!("{}/", mock.url()))
+        .await
+        .unwrap();
     assert_eq!(again, token);
     assert_eq!(refresh_requests(&mock), 1);
 
@@ -97,8 +100,10 @@ async fn failed_refresh_needs_relogin_with_the_command() {
         "{err}"
     );
     assert!(
-        err.to_string()
-            .ends_with(&format!("please run `agentserver login --server {}` to log in again", mock.url())),
+        err.to_string().ends_with(&format!(
+            "please run `agentserver login --server {}` to log in again",
+            mock.url()
+        )),
         "{err}"
     );
     assert_eq!(refresh_requests(&mock), 1);
@@ -120,12 +125,7 @@ async fn credentials_of_another_server_need_relogin_without_any_request() {
         .save(&credentials(&mock.url(), &access, &refresh, -1))
         .unwrap();
     let err = ctx.ensure_valid_token(&other.url()).await.unwrap_err();
-    assert_eq!(
-        err.reason,
-        ReLoginReason::OtherServer {
-            saved: mock.url()
-        }
-    );
+    assert_eq!(err.reason, ReLoginReason::OtherServer { saved: mock.url() });
     assert_eq!(
         err.login_command(),
         format!("agentserver login --server {}", other.url())
@@ -151,8 +151,14 @@ async fn registration_errors_say_what_to_do() {
         .unwrap_err();
     assert!(err.needs_relogin());
     let msg = err.to_string();
-    assert!(msg.starts_with("registration failed (401 Unauthorized): invalid or expired token. "), "{msg}");
-    assert!(msg.contains(&format!("agentserver login --server {server}")), "{msg}");
+    assert!(
+        msg.starts_with("registration failed (401 Unauthorized): invalid or expired token. "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("agentserver login --server {server}")),
+        "{msg}"
+    );
 
     // Missing scope → 403 → log in again.
     let no_scope = state.issue_access_token(Some(&ws), &["openid"], "owner");

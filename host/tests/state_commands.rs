@@ -42,13 +42,26 @@ async fn list_shows_the_table_and_json_without_tokens() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    for h in ["SANDBOX", "NAME", "TYPE", "WORKSPACE", "DIRECTORY", "STATUS"] {
+    for h in [
+        "SANDBOX",
+        "NAME",
+        "TYPE",
+        "WORKSPACE",
+        "DIRECTORY",
+        "STATUS",
+    ] {
         assert!(lines[0].contains(h), "{stdout}");
     }
     // Newest first; ids cut to 8; long dirs shortened; live pid shown.
     assert!(lines[1].starts_with("0f6c1f0e  "), "{stdout}");
-    assert!(lines[1].contains("  ...cts/a/rather/long/directory/name  "), "{stdout}");
-    assert!(lines[1].ends_with(&format!("Running (PID {me})")), "{stdout}");
+    assert!(
+        lines[1].contains("  ...cts/a/rather/long/directory/name  "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with(&format!("Running (PID {me})")),
+        "{stdout}"
+    );
     assert!(lines[2].starts_with("7a0b9c8d  "), "{stdout}");
     assert!(lines[2].contains("opencode"), "{stdout}");
     assert!(!stdout.contains("tunnel-") && !stdout.contains("proxy-"));
@@ -56,7 +69,10 @@ async fn list_shows_the_table_and_json_without_tokens() {
     let out = run_bin(home.path(), &["list", "--json"]).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("tunnel-") && !text.contains("proxy-"), "{text}");
+    assert!(
+        !text.contains("tunnel-") && !text.contains("proxy-"),
+        "{text}"
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 2);
@@ -151,15 +167,17 @@ async fn remove_waits_for_the_registry_lock() {
         .unwrap();
     let lock = LockFile::acquire(&file.lock_path()).unwrap();
     let home_path = home.path().to_path_buf();
-    let remove = tokio::spawn(async move {
-        run_bin(&home_path, &["remove", "--dir", "/b", "-y"]).await
-    });
+    let remove =
+        tokio::spawn(async move { run_bin(&home_path, &["remove", "--dir", "/b", "-y"]).await });
     // While we hold the lock the entry must stay.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!remove.is_finished(), "remove did not wait for the lock");
     assert_eq!(names(&file), ["b"]);
     drop(lock);
-    let out = tokio::time::timeout(TIMEOUT, remove).await.unwrap().unwrap();
+    let out = tokio::time::timeout(TIMEOUT, remove)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     assert!(names(&file).is_empty());
 }

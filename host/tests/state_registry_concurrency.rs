@@ -22,7 +22,12 @@ fn twenty_processes_keep_all_twenty_entries() {
     let children: Vec<_> = (0..WRITERS)
         .map(|i| {
             Command::new(&exe)
-                .args(["registry_writer_child", "--exact", "--ignored", "--nocapture"])
+                .args([
+                    "registry_writer_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
                 .env(CHILD_PATH_ENV, &path)
                 .env(CHILD_INDEX_ENV, i.to_string())
                 .stdout(Stdio::null())

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use agentserver::auth::QuietLoginUi;
 use agentserver::state::{
-    ChooseError, Session, SessionGuard, SessionOrigin, SessionRequest, SessionStore,
-    choose_session,
+    ChooseError, Session, SessionGuard, SessionOrigin, SessionRequest, SessionStore, choose_session,
 };
 use support_auth_state::{auth_in, session};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,13 @@ const CHILD_DIR_ENV: &str = "AGENTSERVER_TEST_SESSIONS_DIR";
 
 fn child(test: &str, dir: &std::path::Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR_ENV, dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -104,7 +109,10 @@ fn session_writer_child() {
     });
     let padding = "x".repeat(256 * 1024);
     for generation in 0u64.. {
-        s.name = format!("generation-{generation}-{}", &padding[..(generation as usize * 997) % padding.len()]);
+        s.name = format!(
+            "generation-{generation}-{}",
+            &padding[..(generation as usize * 997) % padding.len()]
+        );
         store.save(&s).unwrap();
         if generation == 0 {
             println!("READY");
@@ -169,16 +177,28 @@ async fn resume_of_a_live_session_fails_with_its_pid() {
     let mut live = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = live.id() as i32;
     store
-        .save(&session("busy", "/p", "claudecode", "2026-04-09T10:00:00Z", Some(pid)))
+        .save(&session(
+            "busy",
+            "/p",
+            "claudecode",
+            "2026-04-09T10:00:00Z",
+            Some(pid),
+        ))
         .unwrap();
     let cwd = std::path::Path::new("/p");
     let req = SessionRequest {
         resume: Some("busy"),
         ..request(cwd, "claudecode")
     };
-    let err = choose_session(&req, &store, &auth, &QuietLoginUi, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = choose_session(
+        &req,
+        &store,
+        &auth,
+        &QuietLoginUi,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ChooseError::SessionActive { pid: p, .. } if p == pid));
     assert_eq!(
         err.to_string(),
@@ -189,10 +209,15 @@ async fn resume_of_a_live_session_fails_with_its_pid() {
     // Once that process is gone, resume works, stamps our pid, and clears it on release.
     live.kill().unwrap();
     live.wait().unwrap();
-    let (guard, origin) =
-        choose_session(&req, &store, &auth, &QuietLoginUi, &CancellationToken::new())
-            .await
-            .unwrap();
+    let (guard, origin) = choose_session(
+        &req,
+        &store,
+        &auth,
+        &QuietLoginUi,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(origin, SessionOrigin::Resumed);
     assert_eq!(guard.session().sandbox_id, "busy");
     assert_eq!(
@@ -207,9 +232,15 @@ async fn resume_of_a_live_session_fails_with_its_pid() {
         resume: Some("nope"),
         ..request(cwd, "claudecode")
     };
-    let err = choose_session(&req, &store, &auth, &QuietLoginUi, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = choose_session(
+        &req,
+        &store,
+        &auth,
+        &QuietLoginUi,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.to_string(), "session nope not found");
 }
 
@@ -223,16 +254,58 @@ async fn continue_picks_the_newest_inactive_session_of_this_dir_and_type() {
     let dead_pid = dead.id() as i32;
     dead.wait().unwrap();
     for s in [
-        session("a-old", "/proj/a", "claudecode", "2026-04-09T08:00:00+02:00", None),
+        session(
+            "a-old",
+            "/proj/a",
+            "claudecode",
+            "2026-04-09T08:00:00+02:00",
+            None,
+        ),
         // Inactive although a pid is recorded: that process is gone.
-        session("a-new", "/proj/a", "claudecode", "2026-04-09T09:30:00+02:00", Some(dead_pid)),
+        session(
+            "a-new",
+            "/proj/a",
+            "claudecode",
+            "2026-04-09T09:30:00+02:00",
+            Some(dead_pid),
+        ),
         // The right one: 07:45Z = 09:45+02:00, the newest inactive for /proj/a + claudecode
         // (compared as instants, not as strings).
-        session("a-utc", "/proj/a", "claudecode", "2026-04-09T07:45:00Z", None),
-        session("a-live", "/proj/a", "claudecode", "2026-04-09T11:00:00+02:00", Some(me)),
-        session("a-opencode", "/proj/a", "opencode", "2026-04-09T12:00:00+02:00", None),
-        session("b-new", "/proj/b", "claudecode", "2026-04-09T13:00:00+02:00", None),
-        session("a-sub", "/proj/a/sub", "claudecode", "2026-04-09T14:00:00+02:00", None),
+        session(
+            "a-utc",
+            "/proj/a",
+            "claudecode",
+            "2026-04-09T07:45:00Z",
+            None,
+        ),
+        session(
+            "a-live",
+            "/proj/a",
+            "claudecode",
+            "2026-04-09T11:00:00+02:00",
+            Some(me),
+        ),
+        session(
+            "a-opencode",
+            "/proj/a",
+            "opencode",
+            "2026-04-09T12:00:00+02:00",
+            None,
+        ),
+        session(
+            "b-new",
+            "/proj/b",
+            "claudecode",
+            "2026-04-09T13:00:00+02:00",
+            None,
+        ),
+        session(
+            "a-sub",
+            "/proj/a/sub",
+            "claudecode",
+            "2026-04-09T14:00:00+02:00",
+            None,
+        ),
     ] {
         store.save(&s).unwrap();
     }
@@ -244,7 +317,14 @@ async fn continue_picks_the_newest_inactive_session_of_this_dir_and_type() {
                 continue_latest: true,
                 ..request(std::path::Path::new(dir), ty)
             };
-            choose_session(&req, &store, &auth, &QuietLoginUi, &CancellationToken::new()).await
+            choose_session(
+                &req,
+                &store,
+                &auth,
+                &QuietLoginUi,
+                &CancellationToken::new(),
+            )
+            .await
         }
     };
     let (guard, origin) = pick("/proj/a", "claudecode").await.unwrap();
@@ -259,9 +339,33 @@ async fn continue_picks_the_newest_inactive_session_of_this_dir_and_type() {
     assert!(pick("/proj/a", "claudecode").await.is_err(), "all taken");
     drop((guard, second, third));
     assert_eq!(store.load("a-utc").unwrap().pid, None);
-    assert_eq!(pick("/proj/a", "opencode").await.unwrap().0.session().sandbox_id, "a-opencode");
-    assert_eq!(pick("/proj/b", "claudecode").await.unwrap().0.session().sandbox_id, "b-new");
-    assert_eq!(pick("/proj/a/sub", "claudecode").await.unwrap().0.session().sandbox_id, "a-sub");
+    assert_eq!(
+        pick("/proj/a", "opencode")
+            .await
+            .unwrap()
+            .0
+            .session()
+            .sandbox_id,
+        "a-opencode"
+    );
+    assert_eq!(
+        pick("/proj/b", "claudecode")
+            .await
+            .unwrap()
+            .0
+            .session()
+            .sandbox_id,
+        "b-new"
+    );
+    assert_eq!(
+        pick("/proj/a/sub", "claudecode")
+            .await
+            .unwrap()
+            .0
+            .session()
+            .sandbox_id,
+        "a-sub"
+    );
     let err = pick("/proj/c", "claudecode").await.unwrap_err();
     assert!(
         err.to_string().starts_with("No session to continue: "),

@@ -110,12 +110,14 @@ impl CredentialsFile {
     /// Reads the credentials. A missing file is `Ok(None)` ("not logged in"), not an error.
     pub fn load(&self) -> Result<Option<Credentials>, CredentialsError> {
         match std::fs::read(&self.path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|source| CredentialsError::Parse {
-                    path: self.path.clone(),
-                    source,
-                }),
+            Ok(data) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|source| CredentialsError::Parse {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(CredentialsError::Io {
                 path: self.path.clone(),
@@ -126,12 +128,11 @@ impl CredentialsFile {
 
     /// Writes the credentials atomically: two-space pretty JSON, mode 0600, directory 0700.
     pub fn save(&self, credentials: &Credentials) -> Result<(), CredentialsError> {
-        let data = serde_json::to_vec_pretty(credentials).map_err(|source| {
-            CredentialsError::Parse {
+        let data =
+            serde_json::to_vec_pretty(credentials).map_err(|source| CredentialsError::Parse {
                 path: self.path.clone(),
                 source,
-            }
-        })?;
+            })?;
         write_private_atomic(&self.path, &data).map_err(|source| CredentialsError::Io {
             path: self.path.clone(),
             source,
@@ -251,9 +252,6 @@ mod tests {
         let c = Credentials::from_token_response("http://x/", tok, now);
         assert_eq!(c.server_url, "http://x");
         assert_eq!(c.scopes.len(), 3);
-        assert_eq!(
-            rfc3339::format(&c.expires_at),
-            "2026-04-08T11:00:00+02:00"
-        );
+        assert_eq!(rfc3339::format(&c.expires_at), "2026-04-08T11:00:00+02:00");
     }
 }

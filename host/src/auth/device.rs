@@ -191,8 +191,8 @@ pub async fn request_device_code(
             body: short_body(&body),
         });
     }
-    let auth: DeviceAuthorization = serde_json::from_slice(&body)
-        .map_err(|e| LoginError::DeviceAuthInvalid(e.to_string()))?;
+    let auth: DeviceAuthorization =
+        serde_json::from_slice(&body).map_err(|e| LoginError::DeviceAuthInvalid(e.to_string()))?;
     tracing::debug!(
         user_code = %auth.user_code,
         expires_in = auth.expires_in,
@@ -351,7 +351,10 @@ mod tests {
 
     #[test]
     fn upstream_error_texts() {
-        assert_eq!(LoginError::Denied.to_string(), "authorization denied by user");
+        assert_eq!(
+            LoginError::Denied.to_string(),
+            "authorization denied by user"
+        );
         assert_eq!(
             LoginError::Expired.to_string(),
             "authorization expired, please try again"

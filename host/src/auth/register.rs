@@ -165,8 +165,8 @@ pub async fn register_with(
             relogin,
         });
     }
-    let sandbox: RegisteredSandbox = serde_json::from_slice(&body)
-        .map_err(|e| RegisterError::InvalidResponse(e.to_string()))?;
+    let sandbox: RegisteredSandbox =
+        serde_json::from_slice(&body).map_err(|e| RegisterError::InvalidResponse(e.to_string()))?;
     tracing::info!(
         sandbox_id = %sandbox.sandbox_id,
         short_id = %sandbox.short_id,

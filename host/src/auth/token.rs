@@ -42,7 +42,10 @@ impl std::fmt::Display for ReLoginReason {
                 f.write_str("the access token has expired and there is no refresh token")
             }
             Self::RefreshFailed(e) => {
-                write!(f, "the access token has expired and refreshing it failed ({e})")
+                write!(
+                    f,
+                    "the access token has expired and refreshing it failed ({e})"
+                )
             }
         }
     }

@@ -51,11 +51,7 @@ pub struct RegistryEntry {
     #[serde(default)]
     pub name: String,
     /// Backend type (v0.27+), omitted when empty.
-    #[serde(
-        rename = "type",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
     pub entry_type: String,
     /// Port of the local opencode server (≤ v0.35), omitted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

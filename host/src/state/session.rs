@@ -268,7 +268,10 @@ impl SessionGuard {
             }
             Err(e) => return Err(e),
         };
-        if on_disk.pid.is_some_and(|pid| pid != current_pid() && pid > 0) {
+        if on_disk
+            .pid
+            .is_some_and(|pid| pid != current_pid() && pid > 0)
+        {
             tracing::debug!(
                 sandbox_id = %self.session.sandbox_id,
                 "session now belongs to another process; pid left as is"
@@ -375,13 +378,21 @@ mod tests {
             .save(&sample("new", "/p", "claudecode", "2026-04-09T12:00:00Z"))
             .unwrap();
         store
-            .save(&sample("other-dir", "/q", "claudecode", "2026-04-09T13:00:00Z"))
+            .save(&sample(
+                "other-dir",
+                "/q",
+                "claudecode",
+                "2026-04-09T13:00:00Z",
+            ))
             .unwrap();
         let mut live = sample("live", "/p", "claudecode", "2026-04-09T14:00:00Z");
         live.pid = Some(current_pid());
         store.save(&live).unwrap();
         assert_eq!(
-            store.find_latest_session("/p", "claudecode").unwrap().sandbox_id,
+            store
+                .find_latest_session("/p", "claudecode")
+                .unwrap()
+                .sandbox_id,
             "new"
         );
         assert_eq!(
