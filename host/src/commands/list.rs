@@ -148,7 +148,7 @@ mod tests {
         ]);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("SANDBOX   NAME    TYPE        WORKSPACE  DIRECTORY"));
-        assert!(lines[1].starts_with("0f6c1f0e  laptop  claudecode  workspac  ..."));
+        assert!(lines[1].starts_with("0f6c1f0e  laptop  claudecode  workspac   ..."));
         assert!(lines[1].contains(&long_dir[long_dir.len() - 32..]));
         assert!(lines[1].ends_with(&format!("Running (PID {me})")));
         assert!(lines[2].ends_with("/p"), "{}", lines[2]);

@@ -40,6 +40,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Median time of the outbox's durable write pattern on this disk (for context).
+fn fsync_cost(dir: &std::path::Path) -> Duration {
+    use std::io::Write;
+    let mut times: Vec<Duration> = (0..50)
+        .map(|i| {
+            let t0 = Instant::now();
+            let tmp = dir.join(format!(".probe{i}.tmp"));
+            let path = dir.join(format!("probe{i}.json"));
+            let mut f = std::fs::File::create(&tmp).expect("probe file");
+            f.write_all(&[b'x'; 300]).expect("write");
+            f.sync_all().expect("fsync");
+            drop(f);
+            std::fs::rename(&tmp, &path).expect("rename");
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .expect("dir fsync");
+            let d = t0.elapsed();
+            let _ = std::fs::remove_file(&path);
+            d
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
@@ -90,6 +115,9 @@ async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
 
     let mut polled: HashMap<String, Instant> = HashMap::new();
     let mut started: HashMap<String, Instant> = HashMap::new();
+    let mut finished: HashMap<String, Instant> = HashMap::new();
+    let mut start_to_outbox = Vec::with_capacity(tasks);
+    let mut outbox_to_ack = Vec::with_capacity(tasks);
     let mut poll_to_ack = Vec::with_capacity(tasks);
     let mut start_to_ack = Vec::with_capacity(tasks);
     let mut first_poll: Option<Instant> = None;
@@ -108,7 +136,12 @@ async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
             IntakeEvent::Started { task_id, at } => {
                 started.insert(task_id, at);
             }
+            IntakeEvent::Finished { task_id, at, .. } => {
+                start_to_outbox.push(at - started[&task_id]);
+                finished.insert(task_id, at);
+            }
             IntakeEvent::StatusAcked { task_id, at } => {
+                outbox_to_ack.push(at - finished[&task_id]);
                 poll_to_ack.push(at - polled[&task_id]);
                 start_to_ack.push(at - started[&task_id]);
                 last_ack = at;
@@ -122,6 +155,9 @@ async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
     let wall = last_ack - first_poll.expect("polled");
     poll_to_ack.sort();
     start_to_ack.sort();
+    start_to_outbox.sort();
+    outbox_to_ack.sort();
+    let fsync = fsync_cost(home.path());
     println!(
         "intake-bench: {tasks} tasks, backend=no-op ({} events/task), bridge={}, concurrency={concurrency}",
         if events == 0 { 0 } else { events + 2 },
@@ -138,6 +174,20 @@ async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
         ms(percentile(&start_to_ack, 0.5)),
         ms(percentile(&start_to_ack, 0.99)),
         ms(*start_to_ack.last().unwrap_or(&Duration::ZERO)),
+    );
+    println!(
+        "    of which start -> outbox written  median {}  p99 {}",
+        ms(percentile(&start_to_outbox, 0.5)),
+        ms(percentile(&start_to_outbox, 0.99)),
+    );
+    println!(
+        "    of which outbox -> ack            median {}  p99 {}",
+        ms(percentile(&outbox_to_ack, 0.5)),
+        ms(percentile(&outbox_to_ack, 0.99)),
+    );
+    println!(
+        "  disk: one durable outbox write (file fsync + rename + dir fsync) median {}",
+        ms(fsync)
     );
     println!(
         "  throughput    {:.0} tasks/s ({tasks} tasks in {:.2} s)",
