@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Examples shown at the end of `agentserver --help`.
+const EXAMPLES: &str = "\
+Examples:
+  agentserver demo                        # try the whole flow locally, no server needed
+  agentserver login --server https://agent.example.com
+  agentserver                             # = agentserver run --backend claudecode
+  agentserver run --backend opencode
+  agentserver --continue                  # resume the last session of this directory
+  agentserver info                        # what the server will learn about this machine
+
+Files live in ~/.agentserver (AGENTSERVER_HOME overrides). Logs go to stderr: -v or RUST_LOG.";
+
 /// Default server for the root command and `login` (spec §1).
 pub const DEFAULT_SERVER: &str = "https://agent.cs.ac.cn";
 
@@ -14,19 +26,13 @@ pub const DEFAULT_SERVER: &str = "https://agent.cs.ac.cn";
 ///
 /// With no subcommand, `agentserver` is `agentserver run --backend claudecode`: it logs in if
 /// needed, registers a sandbox, holds the tunnel and runs the tasks the server sends.
-///
-/// Examples:
-///   agentserver login --server https://agent.example.com
-///   agentserver run --backend opencode
-///   agentserver --continue
-///   agentserver info
-///   agentserver demo
 #[derive(Debug, Parser)]
 #[command(
     name = "agentserver",
     version,
     propagate_version = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides this.

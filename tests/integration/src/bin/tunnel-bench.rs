@@ -2,8 +2,10 @@
 //! sequential requests, through the tunnel and directly over loopback, plus the host's RSS.
 //!
 //! ```text
-//! cargo run --release -p agentserver-integration --bin tunnel-bench [-- --size-mib 256 --requests 10000]
+//! cargo run --release -p agentserver-integration --bin tunnel-bench [-- --size-mib 256 --requests 10000] [--json]
 //! ```
+//!
+//! `--json` adds one `BENCH-JSON {...}` line at the end (the rows `agentserver-bench` reads).
 //!
 //! Layout: this process runs the local HTTP server, the mock agentserver and the client side;
 //! the host's tunnel runs in a child process (this binary with `--host-child`), so its RSS is
@@ -30,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut size_mib = 256u64;
     let mut requests = 10_000usize;
+    let mut json = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -41,11 +44,12 @@ async fn main() -> anyhow::Result<()> {
                 requests = args[i + 1].parse()?;
                 i += 1;
             }
+            "--json" => json = true,
             other => anyhow::bail!("unknown argument {other}"),
         }
         i += 1;
     }
-    bench(size_mib, requests).await
+    bench(size_mib, requests, json).await
 }
 
 /// The host side: a tunnel serving an HTTP proxy backend, until stdin closes.
@@ -88,7 +92,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-async fn bench(size_mib: u64, requests: usize) -> anyhow::Result<()> {
+async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()> {
     let local = start_local_server().await;
     let mock = MockServer::start(MockConfig::default()).await?;
     let state = mock.state();
@@ -232,6 +236,20 @@ async fn bench(size_mib: u64, requests: usize) -> anyhow::Result<()> {
         rss_end as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    if json {
+        let row = |measure: String, unit: &str, base: Option<f64>, value: f64| {
+            serde_json::json!({"measure": measure, "unit": unit,
+                "baseline": base.map(|_| "direct loopback"), "baseline_value": base, "value": value})
+        };
+        let summary = serde_json::json!({"bench": "tunnel", "rows": [
+            row(format!("throughput, one {size_mib} MiB body"), "MiB/s", Some(direct_tp), tunnel_tp),
+            row(format!("p50 latency, {requests} small requests"), "ms", Some(ms(dp50)), ms(tp50)),
+            row(format!("p99 latency, {requests} small requests"), "ms", Some(ms(dp99)), ms(tp99)),
+            row("host RSS, idle after connect".into(), "MiB", None, idle_rss as f64 / 1024.0),
+            row("host peak RSS over the run".into(), "MiB", None, hwm as f64 / 1024.0),
+        ]});
+        println!("BENCH-JSON {summary}");
+    }
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     Ok(())
