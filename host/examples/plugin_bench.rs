@@ -5,8 +5,10 @@
 //! Run it optimised (debug builds of cranelift are many times slower):
 //!
 //! ```text
-//! cargo run --release -p agentserver --example plugin_bench [-- ITERATIONS]
+//! cargo run --release -p agentserver --example plugin_bench [-- ITERATIONS] [--json]
 //! ```
+//!
+//! `--json` adds one `BENCH-JSON {...}` line at the end (the rows `agentserver-bench` reads).
 //!
 //! It needs the native Rust example built in the same profile (it is a dev-dependency of the
 //! host, so cargo builds it first) and a C compiler (`cc`) for the C example.
@@ -133,9 +135,11 @@ async fn per_call(backend: &Arc<dyn Backend>, iterations: u32) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let iterations: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let iterations: u32 = args
+        .iter()
+        .find_map(|a| a.parse().ok())
         .unwrap_or(2000);
     let samples = 10;
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -158,9 +162,10 @@ async fn main() {
         last = Some(lib);
     }
     let rust_native = last.expect("loaded");
+    let native_load = median(loads);
     println!(
         "native load (dlopen + entry + checks + describe), Rust example: {}",
-        ms(median(loads))
+        ms(native_load)
     );
 
     let c_native =
@@ -176,10 +181,11 @@ async fn main() {
             start.elapsed()
         })
         .collect();
+    let cold = median(compiles);
     println!(
         "WASM cold compile (bundled example, {} bytes): {}",
         bytes.len(),
-        ms(median(compiles))
+        ms(cold)
     );
     wasm::compile(&bytes, Path::new("example.wasm"), Some(&cache_dir)).expect("fill cache");
     let cached: Vec<Duration> = (0..samples)
@@ -191,10 +197,8 @@ async fn main() {
             start.elapsed()
         })
         .collect();
-    println!(
-        "WASM cached load (deserialize from disk): {}",
-        ms(median(cached))
-    );
+    let cached = median(cached);
+    println!("WASM cached load (deserialize from disk): {}", ms(cached));
 
     let settings = ComponentSettings {
         name: "wasm-example".into(),
@@ -213,9 +217,10 @@ async fn main() {
             start.elapsed()
         })
         .collect();
+    let inst = median(inst);
     println!(
         "WASM per-task instantiation (fresh store + instance): {}",
-        us(median(inst))
+        us(inst)
     );
     println!();
 
@@ -263,4 +268,28 @@ async fn main() {
         "  WASM / native Rust:    {:.1}x",
         t_wasm.as_secs_f64() / t_rust.as_secs_f64()
     );
+    if json {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let row = |measure: &str, base: Option<(&str, f64)>, value: f64| {
+            serde_json::json!({"measure": measure, "unit": "µs", "baseline": base.map(|b| b.0),
+                "baseline_value": base.map(|b| b.1), "value": value})
+        };
+        let builtin = Some(("built-in Rust backend", us(t_builtin)));
+        let mut rows = vec![row("no-op execute, native Rust plugin", builtin, us(t_rust))];
+        if let Some(t_c) = t_c {
+            rows.push(row("no-op execute, native C plugin", builtin, us(t_c)));
+        }
+        rows.push(row("no-op execute, WASM component", builtin, us(t_wasm)));
+        rows.push(row("native load, Rust example", None, us(native_load)));
+        rows.push(row(
+            "WASM cached load",
+            Some(("WASM cold compile", us(cold))),
+            us(cached),
+        ));
+        rows.push(row("WASM per-task instantiation", None, us(inst)));
+        println!(
+            "BENCH-JSON {}",
+            serde_json::json!({"bench": "plugins", "rows": rows})
+        );
+    }
 }

@@ -15,6 +15,8 @@
 //!   an event, stdin closed on the result, process group cleaned up).
 //!
 //! It prints wall-time statistics and the ratios host / `claude -p` and host / stream-json.
+//! With `--json` (`cargo bench ... -- --json`) it adds one `BENCH-JSON {...}` line at the end
+//! (the rows `agentserver-bench` reads).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -189,6 +191,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20)
         .max(1);
+    let json = std::env::args().any(|a| a == "--json");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let llm = FakeLlm::start().await.expect("fake LLM");
@@ -256,5 +259,17 @@ fn main() {
             h.median - s.median
         );
         println!("  LLM requests served: {}", llm.requests().len());
+        if json {
+            let row = |measure: &str, base: (&str, f64), value: f64| {
+                serde_json::json!({"measure": measure, "unit": "ms", "baseline": base.0,
+                    "baseline_value": base.1, "value": value})
+            };
+            let summary = serde_json::json!({"bench": "claudecode", "rows": [
+                row(&format!("wall time per task, median of {runs}"), ("direct `claude -p`", d.median), h.median),
+                row(&format!("wall time per task, mean of {runs}"), ("direct `claude -p`", d.mean), h.mean),
+                row(&format!("wall time per task, median of {runs}"), ("direct stream-json", s.median), h.median),
+            ]});
+            println!("BENCH-JSON {summary}");
+        }
     });
 }

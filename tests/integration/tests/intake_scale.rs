@@ -1,5 +1,6 @@
 //! Many tasks through the mock while it fails: every task gets exactly one final status and
-//! all its events, in order, in the mock's bridge log.
+//! all its events, in order, in the mock's bridge log, while the mock drops the host's tunnel
+//! WebSocket, answers 503 for 10 s and restarts once.
 
 mod intake_support;
 
@@ -25,6 +26,36 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
     let started = Instant::now();
     let running = start_intake(config, backend.clone());
 
+    // The same host also holds the tunnel, as `agentserver run` does.
+    let mut tunnel_config = agentserver::tunnel::TunnelConfig::new(
+        env.mock.url(),
+        env.sandbox.id.clone(),
+        agentserver::secret::Secret::new(env.sandbox.tunnel_token.clone()),
+    );
+    tunnel_config.backoff.initial = Duration::from_millis(100);
+    let tunnel = std::sync::Arc::new(agentserver::tunnel::Tunnel::new(
+        tunnel_config,
+        std::sync::Arc::new(backend.clone()),
+        std::sync::Arc::new(|| {
+            use futures_util::FutureExt;
+            async { br#"{"hostname":"scale-test"}"#.to_vec() }.boxed()
+        }),
+    ));
+    let tunnel_cancel = tokio_util::sync::CancellationToken::new();
+    let tunnel_task = {
+        let (tunnel, cancel) = (tunnel.clone(), tunnel_cancel.clone());
+        tokio::spawn(async move { tunnel.run(cancel).await })
+    };
+    let sandbox_id = env.sandbox.id.clone();
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| s
+                .tunnel
+                .is_connected(&sandbox_id))
+            .await,
+        "the tunnel never connected"
+    );
+
     let finished = |s: &agentserver_mock::MockState| {
         s.tasks()
             .iter()
@@ -32,7 +63,17 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
             .count()
     };
 
-    // Some tasks done, then the server answers 503 to everything for 10 s.
+    // Some tasks done; the server drops the tunnel; more done; then it answers 503 to
+    // everything for 10 s.
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| finished(s) >= 20)
+            .await
+    );
+    assert!(
+        state.tunnel.drop_connection(&sandbox_id),
+        "no tunnel to drop"
+    );
     assert!(
         state
             .wait_until(Duration::from_secs(20), |s| finished(s) >= 40)
@@ -67,6 +108,19 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
     );
     let summary = running.stop().await;
     let elapsed = started.elapsed();
+    // The tunnel came back after the drop and after the restart.
+    let reconnected = state
+        .wait_until(Duration::from_secs(20), |s| {
+            s.tunnel.connections(&sandbox_id).len() >= 3 && s.tunnel.is_connected(&sandbox_id)
+        })
+        .await;
+    assert!(
+        reconnected,
+        "expected a reconnect after the drop and after the restart: {:?}",
+        state.tunnel.connections(&sandbox_id)
+    );
+    tunnel_cancel.cancel();
+    tunnel_task.await.unwrap().unwrap();
 
     assert_eq!(summary.tasks_received, TASKS as u64);
     assert_eq!(summary.unreported, 0);

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p agentserver-integration --bin intake-bench -- [--tasks 1000]
-//!     [--no-bridge] [--events N] [--concurrency N]
+//!     [--no-bridge] [--events N] [--concurrency N] [--json]
 //! ```
 //!
 //! Per task it measures (from the intake's own [`IntakeEvent`] timestamps):
@@ -13,7 +13,9 @@
 //!   call, event flush, `idle`, the durable outbox write (fsync) and the status `PUT`.
 //!
 //! and the throughput (tasks per second from the first poll to the last ack). The mock runs
-//! in the same process and its request handling is included in the numbers.
+//! in the same process and its request handling is included in the numbers. `--json` adds
+//! one `BENCH-JSON {...}` line at the end (the rows `agentserver-bench` reads); its baseline is
+//! one durable write on this disk, the floor of a task's *start → ack*.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,14 +77,15 @@ fn main() {
     let events: usize = arg(&args, "--events", 0);
     let concurrency: usize = arg(&args, "--concurrency", 1);
     let bridge = !args.iter().any(|a| a == "--no-bridge");
+    let json = args.iter().any(|a| a == "--json");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(bench(tasks, events, concurrency, bridge));
+    runtime.block_on(bench(tasks, events, concurrency, bridge, json));
 }
 
-async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
+async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool, json: bool) {
     let mock = MockServer::start(MockConfig {
         bridge_enabled: bridge,
         ..MockConfig::default()
@@ -200,4 +203,19 @@ async fn bench(tasks: usize, events: usize, concurrency: usize, bridge: bool) {
         .filter(|t| t.final_updates().len() == 1)
         .count();
     assert_eq!(finals, tasks, "every task has exactly one final status");
+    if json {
+        let msf = |d: Duration| d.as_secs_f64() * 1000.0;
+        let disk = "one durable write (fsync)";
+        let row = |measure: &str, unit: &str, base: Option<f64>, value: f64| {
+            serde_json::json!({"measure": measure, "unit": unit,
+                "baseline": base.map(|_| disk), "baseline_value": base, "value": value})
+        };
+        let summary = serde_json::json!({"bench": "intake", "rows": [
+            row("poll -> ack, median", "ms", None, msf(percentile(&poll_to_ack, 0.5))),
+            row("start -> ack, median", "ms", Some(msf(fsync)), msf(percentile(&start_to_ack, 0.5))),
+            row("start -> ack, p99", "ms", Some(msf(fsync)), msf(percentile(&start_to_ack, 0.99))),
+            row("throughput", "tasks/s", None, tasks as f64 / wall.as_secs_f64()),
+        ]});
+        println!("BENCH-JSON {summary}");
+    }
 }

@@ -3,14 +3,15 @@
 //! opencode's.
 //!
 //! ```text
-//! cargo run --release -p agentserver-integration --bin opencode-bench [-- --requests 2000 --concurrency 8]
+//! cargo run --release -p agentserver-integration --bin opencode-bench [-- --requests 2000 --concurrency 8] [--json]
 //! ```
 //!
 //! Layout: this process runs the fake LLM, the mock agentserver and the client side; the host
 //! (tunnel + opencode backend, which starts `opencode serve`) runs in a child process (this
 //! binary with `--host-child`), so its RSS is measured alone. "Direct" = reqwest → opencode
 //! over loopback. "Tunnel" = mock → WebSocket → yamux → host → reqwest → opencode, and back.
-//! Needs the binary from `bash scripts/install-test-deps.sh`.
+//! Needs the binary from `bash scripts/install-test-deps.sh`. `--json` adds one
+//! `BENCH-JSON {...}` line at the end (the rows `agentserver-bench` reads).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut requests = 2000usize;
     let mut concurrency = 8usize;
+    let mut json = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -46,11 +48,12 @@ async fn main() -> anyhow::Result<()> {
                 concurrency = args[i + 1].parse()?;
                 i += 1;
             }
+            "--json" => json = true,
             other => anyhow::bail!("unknown argument {other}"),
         }
         i += 1;
     }
-    bench(requests, concurrency.max(1)).await
+    bench(requests, concurrency.max(1), json).await
 }
 
 /// The host side: the opencode backend (starting `opencode serve`) behind a tunnel, until
@@ -157,7 +160,7 @@ where
     Ok((requests as f64 / secs, all))
 }
 
-async fn bench(requests: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn bench(requests: usize, concurrency: usize, json: bool) -> anyhow::Result<()> {
     let llm = FakeLlm::start().await?;
     let mock = MockServer::start(MockConfig::default()).await?;
     let state = mock.state();
@@ -292,6 +295,25 @@ async fn bench(requests: usize, concurrency: usize) -> anyhow::Result<()> {
         mib(oc_end),
         mib(oc_hwm)
     );
+    if json {
+        let row = |measure: String, unit: &str, base: Option<(&str, f64)>, value: f64| {
+            serde_json::json!({"measure": measure, "unit": unit, "baseline": base.map(|b| b.0),
+                "baseline_value": base.map(|b| b.1), "value": value})
+        };
+        let direct = "direct loopback";
+        let summary = serde_json::json!({"bench": "opencode", "rows": [
+            row("req/s, 1 at a time".into(), "req/s", Some((direct, direct_seq_rps)), tunnel_seq_rps),
+            row("p50 latency, 1 at a time".into(), "ms",
+                Some((direct, ms(percentile(&direct_seq, 0.5)))), ms(percentile(&tunnel_seq, 0.5))),
+            row("p99 latency, 1 at a time".into(), "ms",
+                Some((direct, ms(percentile(&direct_seq, 0.99)))), ms(percentile(&tunnel_seq, 0.99))),
+            row(format!("req/s, {concurrency} concurrent"), "req/s", Some((direct, direct_rps)), tunnel_rps),
+            row(format!("p99 latency, {concurrency} concurrent"), "ms",
+                Some((direct, ms(percentile(&direct_conc, 0.99)))), ms(percentile(&tunnel_conc, 0.99))),
+            row("host peak RSS".into(), "MiB", Some(("opencode serve peak RSS", mib(oc_hwm))), mib(host_hwm)),
+        ]});
+        println!("BENCH-JSON {summary}");
+    }
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     Ok(())
