@@ -193,3 +193,67 @@ fn agent_info_source(
         .boxed()
     })
 }
+
+/// Delivers, in the background, what other sessions left in the outbox (statuses their hosts
+/// could not report before they stopped), using each session's own server and proxy token.
+/// Sessions still run by a live process are left to it; outboxes without a session file are
+/// reported once in the log. Returns the background task.
+pub fn spawn_leftover_flush(
+    store: crate::state::SessionStore,
+    outbox_root: PathBuf,
+    current_sandbox: String,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut delivered = 0usize;
+        let root = outbox_root.clone();
+        let leftovers = tokio::task::spawn_blocking(move || {
+            crate::intake::outbox::sandboxes_with_leftovers(&root)
+        })
+        .await
+        .unwrap_or_default();
+        for sandbox_id in leftovers {
+            if sandbox_id == current_sandbox {
+                continue;
+            }
+            let session = match store.load(&sandbox_id) {
+                Ok(session) => session,
+                Err(err) => {
+                    tracing::warn!(
+                        sandbox_id,
+                        %err,
+                        "the outbox holds statuses of a sandbox without a session file; they cannot be delivered"
+                    );
+                    continue;
+                }
+            };
+            if session.is_alive() {
+                continue;
+            }
+            let mut config = IntakeConfig::new(
+                session.server_url.clone(),
+                session.proxy_token.clone(),
+                session.sandbox_id.clone(),
+                PathBuf::from(&session.dir),
+            );
+            config.outbox_dir = outbox_root.clone();
+            config.shutdown_report_timeout = Duration::from_secs(30);
+            match crate::intake::flush_outbox(config).await {
+                Ok(summary) => {
+                    let sent =
+                        (summary.replayed + summary.orphaned).saturating_sub(summary.unreported);
+                    delivered += sent;
+                    tracing::info!(
+                        sandbox_id,
+                        sent,
+                        left = summary.unreported,
+                        "delivered statuses left by an earlier session"
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(sandbox_id, %err, "cannot deliver an earlier session's statuses")
+                }
+            }
+        }
+        delivered
+    })
+}

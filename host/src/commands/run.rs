@@ -9,7 +9,7 @@ use agentserver::auth::{AuthContext, TerminalLoginUi};
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
 use agentserver::tunnel::TunnelEvent;
-use agentserver::worker::{Worker, WorkerOptions};
+use agentserver::worker::{Worker, WorkerOptions, spawn_leftover_flush};
 use agentserver_plugin_api::{Backend, SessionType};
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +74,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
     options.grace_period = args.intake.grace_period;
     let worker = Worker::start(&session, backend, options).await?;
+    let leftovers = spawn_leftover_flush(
+        store.clone(),
+        agentserver::paths::outbox_dir(),
+        session.sandbox_id.clone(),
+    );
     let handle = worker.intake_handle();
     let signals =
         SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
@@ -89,6 +94,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         _ = signals.run() => None,
     };
     status_printer.abort();
+    leftovers.abort();
     let code = match outcome {
         Some(summary) => {
             let summary = summary?;

@@ -194,6 +194,43 @@ pub struct IntakeSummary {
     pub unreported: usize,
 }
 
+/// Delivers what an earlier run left in the outbox of `config.sandbox_id` (undelivered final
+/// statuses, and tasks that were running when that host died) without polling for new tasks,
+/// waiting at most [`IntakeConfig::shutdown_report_timeout`]; what is still undelivered then
+/// stays on disk. `agentserver run` uses it for the sessions it is *not* serving, so a host
+/// that comes back as a new sandbox still reports the old sandbox's tasks.
+pub async fn flush_outbox(config: IntakeConfig) -> Result<IntakeSummary, IntakeError> {
+    let intake = Intake::new(config, Arc::new(FlushOnly))?;
+    intake.handle().drain();
+    intake.run().await
+}
+
+/// The backend of [`flush_outbox`]: a drained intake never runs a task.
+struct FlushOnly;
+
+#[async_trait::async_trait]
+impl Backend for FlushOnly {
+    fn info(&self) -> agentserver_plugin_api::BackendInfo {
+        agentserver_plugin_api::BackendInfo {
+            name: "outbox-flush".into(),
+            version: crate::VERSION.into(),
+            session_type: agentserver_plugin_api::SessionType::Custom,
+        }
+    }
+
+    async fn execute(
+        &self,
+        _task: agentserver_plugin_api::Task,
+        _events: agentserver_plugin_api::EventSink,
+        _cancel: CancellationToken,
+    ) -> agentserver_plugin_api::TaskOutcome {
+        agentserver_plugin_api::TaskOutcome::failed(
+            agentserver_plugin_api::FailureKind::System,
+            "an outbox flush does not run tasks",
+        )
+    }
+}
+
 /// Tasks received and not yet given a final status, so a forced exit can still leave a
 /// status for each in the outbox.
 #[derive(Debug)]

@@ -343,3 +343,29 @@ mod tests {
         }
     }
 }
+
+/// Sandboxes under `root` whose outbox holds undelivered statuses or orphaned tasks, so a host
+/// serving another sandbox can deliver them (see [`super::flush_outbox`]).
+pub fn sandboxes_with_leftovers(root: &Path) -> Vec<String> {
+    let Ok(read) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for item in read.flatten() {
+        if !item.path().is_dir() {
+            continue;
+        }
+        let name = item.file_name();
+        let Some(sandbox_id) = id_from_stem(&name.to_string_lossy()) else {
+            continue;
+        };
+        let outbox = Outbox { dir: item.path() };
+        let has_pending = outbox.pending().is_ok_and(|p| !p.is_empty());
+        let has_orphans = outbox.orphans().is_ok_and(|o| !o.is_empty());
+        if has_pending || has_orphans {
+            found.push(sandbox_id);
+        }
+    }
+    found.sort();
+    found
+}

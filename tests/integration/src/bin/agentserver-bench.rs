@@ -1,0 +1,627 @@
+//! The one benchmark entry point: runs every benchmark of the project with sizes that keep the
+//! whole run under five minutes on two cores, then prints one table of ratios against the
+//! baselines measured in the same run, plus the RSS and idle CPU of a connected host.
+//!
+//! ```text
+//! cargo build --release -p agentserver -p agentserver-integration -p agentserver-backend-claudecode \
+//!     --bins --examples --benches
+//! cargo run --release -p agentserver-integration --bin agentserver-bench [-- --idle-secs 60] [--only tunnel,idle]
+//! ```
+//!
+//! It builds nothing: it runs the benchmark binaries found next to itself (`target/release/`)
+//! as child processes, each with `--json`, echoes their own output on stderr and reads the one
+//! `BENCH-JSON {"bench": …, "rows": [{"measure", "unit", "baseline", "baseline_value",
+//! "value"}]}` line each prints at the end. Benchmarks whose binary is not built, or that need
+//! the real `claude`/`opencode` CLIs from `.npm-clis` when they are missing, are skipped with a
+//! note in the table. The idle-host measurement runs here: the mock agentserver in-process and
+//! the real `agentserver run` binary against it (device login auto-approved), sampled from
+//! `/proc` for `--idle-secs` seconds once connected. The table goes to stdout (Markdown), the
+//! rest to stderr; see `docs/performance.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agentserver_mock::{MockConfig, MockServer};
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The command that builds every binary this entry point runs.
+const BUILD_CMD: &str = "cargo build --release -p agentserver -p agentserver-integration \
+                         -p agentserver-backend-claudecode --bins --examples --benches";
+
+/// Longest time one benchmark child may take before it is killed and reported as failed.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// One line of the final table.
+struct Row {
+    bench: String,
+    measure: String,
+    unit: String,
+    baseline: Option<(String, f64)>,
+    value: Option<f64>,
+}
+
+impl Row {
+    fn note(bench: &str, note: String) -> Self {
+        Self {
+            bench: bench.to_owned(),
+            measure: note,
+            unit: String::new(),
+            baseline: None,
+            value: None,
+        }
+    }
+
+    fn from_json(bench: &str, v: &serde_json::Value) -> Option<Self> {
+        let baseline = match (v["baseline"].as_str(), v["baseline_value"].as_f64()) {
+            (Some(name), Some(value)) => Some((name.to_owned(), value)),
+            _ => None,
+        };
+        Some(Self {
+            bench: bench.to_owned(),
+            measure: v["measure"].as_str()?.to_owned(),
+            unit: v["unit"].as_str().unwrap_or("").to_owned(),
+            baseline,
+            value: Some(v["value"].as_f64()?),
+        })
+    }
+}
+
+/// A number with a precision that suits its size.
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| benchmark | measure | baseline | value | ratio |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        let baseline = r
+            .baseline
+            .as_ref()
+            .map(|(name, v)| format!("{name}: {} {}", num(*v), r.unit))
+            .unwrap_or_else(|| "—".into());
+        let value = r
+            .value
+            .map(|v| format!("{} {}", num(v), r.unit))
+            .unwrap_or_else(|| "—".into());
+        let ratio = match (&r.baseline, r.value) {
+            (Some((_, b)), Some(v)) if *b != 0.0 => format!("{:.2}", v / b),
+            _ => "—".into(),
+        };
+        println!(
+            "| {} | {} | {baseline} | {value} | {ratio} |",
+            r.bench, r.measure
+        );
+    }
+}
+
+/// Options of this entry point.
+struct Options {
+    idle_secs: u64,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let mut options = Self {
+            idle_secs: 60,
+            only: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--idle-secs" => {
+                    options.idle_secs = args.next().context("--idle-secs N")?.parse()?;
+                }
+                "--only" => {
+                    let list = args.next().context("--only NAME[,NAME…]")?;
+                    options.only = Some(list.split(',').map(str::to_owned).collect());
+                }
+                "-h" | "--help" => {
+                    eprintln!(
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle]\n\
+                         build first: {BUILD_CMD}"
+                    );
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown argument {other}"),
+            }
+        }
+        Ok(options)
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == name))
+    }
+}
+
+/// Where the binaries and the npm CLIs are.
+struct Layout {
+    /// `target/<profile>/`, the directory of this executable.
+    bin_dir: PathBuf,
+    /// The repository root (compile-time).
+    repo: PathBuf,
+}
+
+impl Layout {
+    fn new() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot locate this executable")?;
+        let bin_dir = exe
+            .parent()
+            .context("this executable has no parent directory")?
+            .to_owned();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        Ok(Self { bin_dir, repo })
+    }
+
+    fn sibling(&self, name: &str) -> Option<PathBuf> {
+        let p = self.bin_dir.join(name);
+        p.is_file().then_some(p)
+    }
+
+    /// The newest `deps/<stem>-<hash>` executable (how cargo names a bench binary).
+    fn bench_binary(&self, stem: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let prefix = format!("{stem}-");
+        std::fs::read_dir(self.bin_dir.join("deps"))
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(&prefix)
+                    .is_some_and(|hash| !hash.contains('.'))
+            })
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+                    .then(|| (meta.modified().ok(), e.path()))
+            })
+            .max_by_key(|(modified, _)| *modified)
+            .map(|(_, p)| p)
+    }
+
+    /// A CLI from `.npm-clis` (or the test override variable), if installed.
+    fn npm_cli(&self, name: &str, env: &str) -> Option<PathBuf> {
+        let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+            self.repo
+                .join(".npm-clis/node_modules/.bin")
+                .join(name)
+        });
+        p.exists().then_some(p)
+    }
+}
+
+/// Runs one benchmark binary with `--json`; its stdout is echoed on stderr and its
+/// `BENCH-JSON` line turned into rows.
+async fn run_child(
+    bench: &str,
+    bin: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Vec<Row> {
+    let started = Instant::now();
+    eprintln!("\n== {bench}: {} {}", bin.display(), args.join(" "));
+    let result = tokio::time::timeout(CHILD_TIMEOUT, async {
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("piped stdout")?).lines();
+        let mut summary = None;
+        while let Some(line) = lines.next_line().await? {
+            match line.strip_prefix("BENCH-JSON ") {
+                Some(json) => summary = Some(serde_json::from_str::<serde_json::Value>(json)?),
+                None => eprintln!("   {line}"),
+            }
+        }
+        let status = child.wait().await?;
+        anyhow::ensure!(status.success(), "exited with {status}");
+        summary.context("no BENCH-JSON line in its output")
+    })
+    .await;
+    eprintln!(
+        "== {bench}: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let summary = match result {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(err)) => return vec![Row::note(bench, format!("failed: {err:#}"))],
+        Err(_) => {
+            return vec![Row::note(
+                bench,
+                format!("failed: no result within {} s", CHILD_TIMEOUT.as_secs()),
+            )];
+        }
+    };
+    let rows: Vec<Row> = summary["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| Row::from_json(bench, r))
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return vec![Row::note(bench, "failed: empty BENCH-JSON".into())];
+    }
+    rows
+}
+
+fn missing(bench: &str, what: &str) -> Vec<Row> {
+    eprintln!("\n== {bench}: skipped ({what})");
+    vec![Row::note(bench, format!("skipped: {what}"))]
+}
+
+fn not_built(bench: &str) -> Vec<Row> {
+    missing(bench, "binary not built, see `Running the benchmarks`")
+}
+
+/// One reading of a process from `/proc`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcSample {
+    /// `utime + stime`, in clock ticks.
+    cpu_ticks: u64,
+    /// `VmRSS`, KiB.
+    rss_kib: u64,
+    /// `VmHWM` (peak RSS), KiB.
+    hwm_kib: u64,
+    /// Voluntary + involuntary context switches summed over the live threads.
+    switches: u64,
+    /// Number of threads.
+    threads: u64,
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sample(pid: u32) -> anyhow::Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    let cpu_ticks = tick(14).unwrap_or(0) + tick(15).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.filter_map(Result::ok) {
+            if let Ok(s) = std::fs::read_to_string(task.path().join("status")) {
+                switches += status_field(&s, "voluntary_ctxt_switches:")
+                    + status_field(&s, "nonvoluntary_ctxt_switches:");
+            }
+        }
+    }
+    Ok(ProcSample {
+        cpu_ticks,
+        rss_kib: status_field(&status, "VmRSS:"),
+        hwm_kib: status_field(&status, "VmHWM:"),
+        switches,
+        threads: status_field(&status, "Threads:"),
+    })
+}
+
+/// The backends an idle host is measured with.
+enum IdleBackend {
+    /// The bundled example WASM plugin (works on a fresh machine).
+    WasmExample,
+    /// The built-in claudecode backend with this `claude`.
+    Claudecode(PathBuf),
+}
+
+impl IdleBackend {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::WasmExample => "idle host (wasm-example)",
+            Self::Claudecode(_) => "idle host (claudecode)",
+        }
+    }
+}
+
+/// Starts the real `agentserver run` against an in-process mock, waits until it is logged in,
+/// registered, connected and has sent its agent info, then samples it for `secs` seconds.
+async fn idle_host(agentserver: &Path, backend: &IdleBackend, secs: u64) -> Vec<Row> {
+    let bench = backend.label();
+    match measure_idle(agentserver, backend, secs).await {
+        Ok(rows) => rows,
+        Err(err) => vec![Row::note(bench, format!("failed: {err:#}"))],
+    }
+}
+
+async fn measure_idle(
+    agentserver: &Path,
+    backend: &IdleBackend,
+    secs: u64,
+) -> anyhow::Result<Vec<Row>> {
+    let bench = backend.label();
+    let mock = MockServer::start(MockConfig::default()).await?;
+    let state = mock.state();
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("agentserver-home");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&home)?;
+    std::fs::create_dir_all(&work)?;
+    let log_path = tmp.path().join("host.log");
+    let log = std::fs::File::create(&log_path)?;
+
+    let mut cmd = tokio::process::Command::new(agentserver);
+    cmd.arg("run")
+        .args(["--server", &mock.url()])
+        .args(["--name", "bench-idle", "--skip-open-browser"])
+        .arg("--work-dir")
+        .arg(&work);
+    match backend {
+        IdleBackend::WasmExample => {
+            let dir = tmp.path().join("plugins/wasm-example");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("plugin.toml"),
+                agentserver::plugins::wasm::bundled::MANIFEST,
+            )?;
+            std::fs::write(
+                dir.join("wasm-example.wasm"),
+                agentserver::plugins::wasm::bundled::component_bytes()?,
+            )?;
+            cmd.args(["--backend", "wasm-example", "--plugin-dir"])
+                .arg(tmp.path().join("plugins"));
+        }
+        IdleBackend::Claudecode(claude) => {
+            cmd.args(["--backend", "claudecode", "--claude-bin"])
+                .arg(claude);
+        }
+    }
+    let mut child = cmd
+        .env("AGENTSERVER_HOME", &home)
+        .env("HOME", tmp.path())
+        .env_remove("AGENTSERVER_SERVER")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", agentserver.display()))?;
+    let pid = child.id().context("the host exited at once")?;
+    eprintln!("\n== {bench}: agentserver run (pid {pid}) against the mock at {}", mock.url());
+
+    let ready = state
+        .wait_until(Duration::from_secs(60), |s| {
+            s.sandboxes()
+                .iter()
+                .any(|sb| sb.agent_info.is_some() && s.tunnel.is_connected(&sb.id))
+        })
+        .await;
+    if !ready {
+        let _ = child.start_kill();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::bail!("the host did not connect within 60 s; its output:\n{log}");
+    }
+    let connect_rss = sample(pid)?.rss_kib;
+    // Let the start-up work (first poll, probe) settle before the idle window opens.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = sample(pid)?;
+    let t0 = Instant::now();
+    let mut max_rss = first.rss_kib;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    for _ in 0..secs {
+        ticker.tick().await;
+        let s = sample(pid).context("the host exited during the idle window")?;
+        max_rss = max_rss.max(s.rss_kib);
+    }
+    let last = sample(pid)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let still_connected = state
+        .sandboxes()
+        .iter()
+        .any(|sb| state.tunnel.is_connected(&sb.id));
+
+    // Stop it like a user would (SIGTERM → drain → exit).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    mock.shutdown().await;
+    anyhow::ensure!(still_connected, "the tunnel dropped during the idle window");
+
+    let cpu_secs = (last.cpu_ticks - first.cpu_ticks) as f64 / USER_HZ;
+    let mib = |k: u64| k as f64 / 1024.0;
+    let row = |measure: String, unit: &str, value: f64| Row {
+        bench: bench.to_owned(),
+        measure,
+        unit: unit.to_owned(),
+        baseline: None,
+        value: Some(value),
+    };
+    eprintln!(
+        "   connected; over {elapsed:.0} s: CPU {cpu_secs:.2} s, RSS {:.1} → {:.1} MiB (max {:.1}, peak since start {:.1}), {} threads, {} context switches",
+        mib(first.rss_kib),
+        mib(last.rss_kib),
+        mib(max_rss),
+        mib(last.hwm_kib),
+        last.threads,
+        last.switches.saturating_sub(first.switches)
+    );
+    Ok(vec![
+        row("RSS once connected".into(), "MiB", mib(connect_rss)),
+        row(format!("RSS after {secs} s idle"), "MiB", mib(last.rss_kib)),
+        row("peak RSS since start".into(), "MiB", mib(last.hwm_kib)),
+        row(
+            format!("CPU over {secs} s idle"),
+            "%",
+            cpu_secs / elapsed * 100.0,
+        ),
+        row(
+            "context switches per second".into(),
+            "/s",
+            last.switches.saturating_sub(first.switches) as f64 / elapsed,
+        ),
+        row("threads".into(), "", last.threads as f64),
+    ])
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    let layout = Layout::new()?;
+    let started = Instant::now();
+    let load_before = load_average();
+    eprintln!(
+        "agentserver-bench: binaries from {}, {}",
+        layout.bin_dir.display(),
+        machine()
+    );
+    let mut rows = Vec::new();
+
+    if options.wants("tunnel") {
+        rows.extend(match layout.sibling("tunnel-bench") {
+            Some(bin) => {
+                run_child(
+                    "tunnel",
+                    &bin,
+                    &["--size-mib", "256", "--requests", "2000", "--json"],
+                    &[],
+                )
+                .await
+            }
+            None => not_built("tunnel"),
+        });
+    }
+    if options.wants("intake") {
+        rows.extend(match layout.sibling("intake-bench") {
+            Some(bin) => run_child("intake", &bin, &["--tasks", "300", "--json"], &[]).await,
+            None => not_built("intake"),
+        });
+    }
+    if options.wants("opencode") {
+        rows.extend(
+            match (
+                layout.sibling("opencode-bench"),
+                layout.npm_cli("opencode", "AGENTSERVER_TEST_OPENCODE_BIN"),
+            ) {
+                (None, _) => not_built("opencode"),
+                (_, None) => missing(
+                    "opencode",
+                    "the opencode CLI is not installed (bash scripts/install-test-deps.sh)",
+                ),
+                (Some(bin), Some(_)) => {
+                    run_child(
+                        "opencode",
+                        &bin,
+                        &["--requests", "1000", "--concurrency", "8", "--json"],
+                        &[],
+                    )
+                    .await
+                }
+            },
+        );
+    }
+    let claude = layout.npm_cli("claude", "AGENTSERVER_TEST_CLAUDE_BIN");
+    if options.wants("claudecode") {
+        rows.extend(match (layout.bench_binary("overhead"), &claude) {
+            (None, _) => not_built("claudecode"),
+            (_, None) => missing(
+                "claudecode",
+                "the claude CLI is not installed (bash scripts/install-test-deps.sh)",
+            ),
+            (Some(bin), Some(_)) => {
+                run_child("claudecode", &bin, &["--json"], &[("BENCH_RUNS", "5")]).await
+            }
+        });
+    }
+    if options.wants("plugins") {
+        rows.extend(match layout.sibling("examples/plugin_bench") {
+            Some(bin) => run_child("plugins", &bin, &["--json"], &[]).await,
+            None => not_built("plugins"),
+        });
+    }
+    if options.wants("idle") {
+        match layout.sibling("agentserver") {
+            None => rows.extend(not_built("idle host")),
+            Some(agentserver) => {
+                // Both hosts idle side by side: neither disturbs the other's own figures.
+                let wasm = IdleBackend::WasmExample;
+                let cc = claude.clone().map(IdleBackend::Claudecode);
+                let (a, b) = tokio::join!(
+                    idle_host(&agentserver, &wasm, options.idle_secs),
+                    async {
+                        match &cc {
+                            Some(cc) => idle_host(&agentserver, cc, options.idle_secs).await,
+                            None => missing(
+                                "idle host (claudecode)",
+                                "the claude CLI is not installed",
+                            ),
+                        }
+                    }
+                );
+                rows.extend(a);
+                rows.extend(b);
+            }
+        }
+    }
+
+    let total = started.elapsed();
+    eprintln!();
+    print_table(&rows);
+    println!();
+    println!(
+        "Total {:.0} s on {}; load average {} before, {} after.",
+        total.as_secs_f64(),
+        machine(),
+        load_before,
+        load_average()
+    );
+    if rows
+        .iter()
+        .any(|r| r.measure.starts_with("skipped: binary not built"))
+    {
+        eprintln!("\nSome benchmarks are not built; build them all with:\n  {BUILD_CMD}");
+    }
+    Ok(())
+}
