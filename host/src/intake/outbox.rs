@@ -272,6 +272,32 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
+/// Sandboxes under `root` whose outbox holds undelivered statuses or orphaned tasks, so a host
+/// serving another sandbox can deliver them (see [`super::flush_outbox`]).
+pub fn sandboxes_with_leftovers(root: &Path) -> Vec<String> {
+    let Ok(read) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for item in read.flatten() {
+        if !item.path().is_dir() {
+            continue;
+        }
+        let name = item.file_name();
+        let Some(sandbox_id) = id_from_stem(&name.to_string_lossy()) else {
+            continue;
+        };
+        let outbox = Outbox { dir: item.path() };
+        let has_pending = outbox.pending().is_ok_and(|p| !p.is_empty());
+        let has_orphans = outbox.orphans().is_ok_and(|o| !o.is_empty());
+        if has_pending || has_orphans {
+            found.push(sandbox_id);
+        }
+    }
+    found.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,30 +368,4 @@ mod tests {
             assert_eq!(id_from_stem(&file_stem(id)).as_deref(), Some(id));
         }
     }
-}
-
-/// Sandboxes under `root` whose outbox holds undelivered statuses or orphaned tasks, so a host
-/// serving another sandbox can deliver them (see [`super::flush_outbox`]).
-pub fn sandboxes_with_leftovers(root: &Path) -> Vec<String> {
-    let Ok(read) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for item in read.flatten() {
-        if !item.path().is_dir() {
-            continue;
-        }
-        let name = item.file_name();
-        let Some(sandbox_id) = id_from_stem(&name.to_string_lossy()) else {
-            continue;
-        };
-        let outbox = Outbox { dir: item.path() };
-        let has_pending = outbox.pending().is_ok_and(|p| !p.is_empty());
-        let has_orphans = outbox.orphans().is_ok_and(|o| !o.is_empty());
-        if has_pending || has_orphans {
-            found.push(sandbox_id);
-        }
-    }
-    found.sort();
-    found
 }
