@@ -137,10 +137,7 @@ async fn per_call(backend: &Arc<dyn Backend>, iterations: u32) -> Duration {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
-    let iterations: u32 = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
+    let iterations: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(2000);
     let samples = 10;
     let tmp = tempfile::tempdir().expect("temp dir");
     println!(
@@ -275,7 +272,11 @@ async fn main() {
                 "baseline_value": base.map(|b| b.1), "value": value})
         };
         let builtin = Some(("built-in Rust backend", us(t_builtin)));
-        let mut rows = vec![row("no-op execute, native Rust plugin", builtin, us(t_rust))];
+        let mut rows = vec![row(
+            "no-op execute, native Rust plugin",
+            builtin,
+            us(t_rust),
+        )];
         if let Some(t_c) = t_c {
             rows.push(row("no-op execute, native C plugin", builtin, us(t_c)));
         }

@@ -114,7 +114,7 @@ pub struct SessionArgs {
     #[arg(long)]
     pub skip_open_browser: bool,
     /// Directory tasks run in (default: the current directory).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Resume the session with this sandbox id instead of registering a new one.
     #[arg(
@@ -143,14 +143,15 @@ pub struct OpencodeArgs {
     /// Use an already running opencode server at this URL instead of starting one.
     #[arg(long, value_name = "URL")]
     pub opencode_url: Option<String>,
-    /// Password of the local opencode server (sent as Basic auth `opencode:<token>`).
+    /// Password of the local opencode server (sent as Basic auth `opencode:<token>`). Prefer the
+    /// environment variable: other users can read command-line arguments with `ps`.
     #[arg(
         long,
         value_name = "TOKEN",
         env = "OPENCODE_SERVER_PASSWORD",
         hide_env_values = true
     )]
-    pub opencode_token: Option<String>,
+    pub opencode_token: Option<agentserver::secret::Secret>,
     /// Start `opencode serve` if none answers on the port.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_start: bool,
@@ -158,7 +159,7 @@ pub struct OpencodeArgs {
     #[arg(long, value_name = "PATH", default_value = "opencode")]
     pub opencode_bin: PathBuf,
     /// Port for `opencode serve`; 0 lets opencode choose.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_name = "PORT")]
     pub opencode_port: u16,
 }
 
@@ -181,7 +182,7 @@ pub struct IntakeArgs {
     #[arg(long, default_value = "5", value_parser = parse_seconds, value_name = "SECONDS")]
     pub poll_interval: Duration,
     /// How many tasks may run at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_tasks: u16,
     /// Seconds running tasks get to finish after the first SIGINT/SIGTERM.
     #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
@@ -275,14 +276,15 @@ pub struct TaskWorkerArgs {
     /// Server URL (default: from the first registry.json entry).
     #[arg(long)]
     pub server: Option<String>,
-    /// Proxy token of the sandbox (default: from the first registry.json entry).
+    /// Proxy token of the sandbox (default: from the first registry.json entry). Prefer the
+    /// environment variable: other users can read command-line arguments with `ps`.
     #[arg(long, env = "AGENTSERVER_PROXY_TOKEN", hide_env_values = true)]
-    pub proxy_token: Option<String>,
+    pub proxy_token: Option<agentserver::secret::Secret>,
     /// Sandbox id (default: from the first registry.json entry).
     #[arg(long)]
     pub sandbox_id: Option<String>,
     /// Directory tasks run in (default: the current directory).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     #[command(flatten)]
     /// Claude Code options.
@@ -332,13 +334,13 @@ pub enum PluginsAction {
 #[derive(Debug, Args, Clone)]
 pub struct DevServerArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
     /// Approve a device login after this many token polls.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub approve_after: u32,
     /// Device-flow interval in seconds the server asks clients to use.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "SECONDS")]
     pub device_interval: u64,
     /// Serve no CCR v2 bridge (like servers v0.63+).
     #[arg(long)]
@@ -347,7 +349,7 @@ pub struct DevServerArgs {
     #[arg(long, default_value = "75", value_parser = parse_seconds, value_name = "SECONDS")]
     pub stream_open_timeout: Duration,
     /// How device logins end once "the user acts": approve, deny or expire.
-    #[arg(long, default_value = "approve", value_parser = ["approve", "deny", "expire"])]
+    #[arg(long, default_value = "approve", value_name = "OUTCOME", value_parser = ["approve", "deny", "expire"])]
     pub device_outcome: String,
     /// Answer the first N token polls of each device login with `slow_down`.
     #[arg(long, default_value_t = 0, value_name = "N")]

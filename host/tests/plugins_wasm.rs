@@ -489,6 +489,49 @@ async fn http_fetch_needs_the_manifest_and_the_grant() {
     assert_eq!(outcome.num_turns, Some(201));
 }
 
+/// Answers every request with a 302 to `location`.
+async fn redirect_server(location: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let location = location.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_redirects_never_leave_the_granted_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The target answers 201, but it is on `localhost`, which is not granted.
+    let target = http_server().await;
+    let redirect = redirect_server(format!("http://localhost:{}/y", target.port())).await;
+    let url = format!("http://127.0.0.1:{}/x", redirect.port());
+    let mut granted = settings("http");
+    granted.permissions.http = vec!["127.0.0.1".into()];
+    let backend = load(&build(HTTP_BODY), &granted);
+    let (outcome, _) = run(&backend, task(&url, tmp.path()), CancellationToken::new()).await;
+    // The plugin sees the redirect itself, not the other host's answer.
+    assert_eq!(outcome.status, TaskStatus::Completed, "{outcome:?}");
+    assert_eq!(outcome.num_turns, Some(302), "{outcome:?}");
+}
+
 #[test]
 fn another_major_api_version_is_refused_before_compilation() {
     let tmp = tempfile::tempdir().unwrap();

@@ -78,7 +78,10 @@ pub(crate) fn find_claude_with(
         if is_executable(&candidate) {
             return Ok(candidate);
         }
-        searched.push(candidate.display().to_string());
+        let shown = candidate.display().to_string();
+        if !searched.contains(&shown) {
+            searched.push(shown);
+        }
     }
     Err(DiscoveryError::NotFound {
         searched: searched.join(", "),

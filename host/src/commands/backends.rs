@@ -57,7 +57,7 @@ fn opencode(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
     let args = choice.opencode;
     let config = OpencodeConfig {
         opencode_url: args.opencode_url.clone(),
-        opencode_token: args.opencode_token.clone().map(Token::new),
+        opencode_token: args.opencode_token.as_ref().map(|t| Token::new(t.expose())),
         auto_start: args.auto_start,
         opencode_bin: args.opencode_bin.clone(),
         opencode_port: args.opencode_port,

@@ -25,9 +25,22 @@ const TASK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs the demo; everything it writes lives in a temporary state directory.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let state_dir = std::env::temp_dir().join(format!("agentserver-demo-{}", std::process::id()));
+    // A fresh, unguessable, private directory: created exclusively (never one that someone
+    // else made in the shared temp dir beforehand) with mode 0700.
+    let state_dir = std::env::temp_dir().join(format!(
+        "agentserver-demo-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state_dir)
+            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    }
     let workdir = state_dir.join("work");
-    std::fs::create_dir_all(&workdir)
+    std::fs::create_dir(&workdir)
         .with_context(|| format!("cannot create {}", workdir.display()))?;
     let result = run_demo(&args, &state_dir, &workdir).await;
     match &result {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::intake::{Intake, IntakeConfig};
-use agentserver::secret::Secret;
 use agentserver::state::registry::RegistryFile;
 use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
 use agentserver_plugin_api::Backend;
@@ -39,7 +38,6 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
         .filter(|s| !s.is_empty());
     let token = args
         .proxy_token
-        .map(Secret::new)
         .or_else(|| fallback.as_ref().map(|e| e.tunnel_token.clone()))
         .filter(|t| !t.is_empty());
     let Some(server) = server else {

@@ -435,13 +435,15 @@ pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugi
         let path = path.to_owned();
         move |source| PluginError::Io { path, source }
     };
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    // Directories under the state directory are private (0700), like every other one there.
+    use crate::state::fsutil::ensure_private_dir;
+    ensure_private_dir(&root).map_err(io(&root))?;
     let staging = root.join(format!(".install-{}-{}", manifest.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    ensure_private_dir(&staging).map_err(io(&staging))?;
     let staged_file = manifest.file_path(&staging);
     if let Some(parent) = staged_file.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        ensure_private_dir(parent).map_err(io(parent))?;
     }
     std::fs::write(&staged_file, &bytes).map_err(io(&staged_file))?;
     let staged_manifest = staging.join(MANIFEST_FILE);

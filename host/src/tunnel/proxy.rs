@@ -59,10 +59,25 @@ impl HttpProxy {
     /// Forwards one request. Failures become the upstream error replies: 502
     /// `invalid local URL`, `failed to create request` or `local service error: <err>`.
     pub async fn forward(&self, request: HttpRequest) -> HttpResponse {
-        let target = format!("{}{}", self.base_url, request.path);
+        // Defence in depth: `forward` is public, so it re-checks what `validate_path` checks
+        // for tunnel streams. Only a path on `base_url` itself may be reached.
+        let path = &request.path;
+        if !path.starts_with('/') || path.starts_with("//") || path.starts_with("/\\") {
+            return HttpResponse::text(400, "invalid request path");
+        }
+        let target = format!("{}{}", self.base_url, path);
         let Ok(url) = reqwest::Url::parse(&target) else {
             return HttpResponse::text(502, "invalid local URL");
         };
+        let same_origin = reqwest::Url::parse(&self.base_url).is_ok_and(|base| {
+            base.scheme() == url.scheme()
+                && base.host_str() == url.host_str()
+                && base.port_or_known_default() == url.port_or_known_default()
+                && url.username().is_empty()
+        });
+        if !same_origin {
+            return HttpResponse::text(400, "invalid request path");
+        }
         let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
             return HttpResponse::text(502, "failed to create request");
         };
@@ -174,5 +189,33 @@ impl Backend for HttpProxyBackend {
 
     async fn handle_http(&self, request: HttpRequest) -> Result<HttpResponse, BackendError> {
         Ok(self.proxy.forward(request).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn forward_refuses_paths_that_leave_the_base() {
+        // Nothing listens on port 9: a request that got through would answer 502, not 400.
+        let proxy = HttpProxy::new("http://127.0.0.1:9/");
+        for path in [
+            "//evil.example/x",
+            "/\\evil/x",
+            "http://evil/x",
+            "@evil/x",
+            "",
+        ] {
+            let response = proxy
+                .forward(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers: Vec::new(),
+                    body: bytes::Bytes::new(),
+                })
+                .await;
+            assert_eq!(response.status, 400, "{path:?}");
+        }
     }
 }

@@ -256,7 +256,8 @@ pub fn compile(
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    // The cache lives under the private state directory: 0700 like every directory there.
+    crate::state::fsutil::ensure_private_dir(dir)?;
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
@@ -427,7 +428,27 @@ impl wit_http::Host for HostState {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| format!("bad method `{}`", request.method))?;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let client = self.http.client.get_or_init(reqwest::Client::new);
+        let allowed = self.http.allowed.clone();
+        let client = self.http.client.get_or_init(|| {
+            // A redirect must not take the plugin to a host it was not granted.
+            let policy = reqwest::redirect::Policy::custom(move |attempt| {
+                let host = attempt.url().host_str().unwrap_or_default();
+                if attempt.previous().len() >= 10 {
+                    attempt.error("too many redirects")
+                } else if allowed
+                    .iter()
+                    .any(|h| h == "*" || h.eq_ignore_ascii_case(host))
+                {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            });
+            reqwest::Client::builder()
+                .redirect(policy)
+                .build()
+                .unwrap_or_default()
+        });
         let mut builder = client.request(method, url).timeout(remaining);
         for (name, value) in request.headers {
             builder = builder.header(name, value);

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! cargo build --release -p agentserver -p agentserver-integration -p agentserver-backend-claudecode \
-//!     --bins --examples --benches
-//! cargo run --release -p agentserver-integration --bin agentserver-bench [-- --idle-secs 60] [--only tunnel,idle]
+//!     --bins --examples --bench overhead
+//! cargo run --release -p agentserver-integration --bin agentserver-bench [-- --idle-secs 60] [--only tunnel,idle] [--quick]
 //! ```
 //!
 //! It builds nothing: it runs the benchmark binaries found next to itself (`target/release/`)
@@ -16,7 +16,8 @@
 //! note in the table. The idle-host measurement runs here: the mock agentserver in-process and
 //! the real `agentserver run` binary against it (device login auto-approved), sampled from
 //! `/proc` for `--idle-secs` seconds once connected. The table goes to stdout (Markdown), the
-//! rest to stderr; see `docs/performance.md`.
+//! rest to stderr; see `docs/performance.md`. `--quick` runs every benchmark with tiny sizes
+//! and a 5 s idle window: a check that everything runs, not a measurement.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,12 +29,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The command that builds every binary this entry point runs.
 const BUILD_CMD: &str = "cargo build --release -p agentserver -p agentserver-integration \
-                         -p agentserver-backend-claudecode --bins --examples --benches";
+                         -p agentserver-backend-claudecode --bins --examples --bench overhead";
 
 /// Longest time one benchmark child may take before it is killed and reported as failed.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI), so
+/// CPU time has a resolution of 10 ms (`/proc/<pid>/schedstat` would be finer but is often
+/// disabled).
 const USER_HZ: f64 = 100.0;
 
 /// One line of the final table.
@@ -94,12 +97,13 @@ fn print_table(rows: &[Row]) {
             .as_ref()
             .map(|(name, v)| format!("{name}: {} {}", num(*v), r.unit))
             .unwrap_or_else(|| "—".into());
-        let value = r
-            .value
-            .map(|v| format!("{} {}", num(v), r.unit))
-            .unwrap_or_else(|| "—".into());
+        let value = match r.value {
+            Some(v) if r.unit.is_empty() => format!("{v:.0}"),
+            Some(v) => format!("{} {}", num(v), r.unit),
+            None => "—".into(),
+        };
         let ratio = match (&r.baseline, r.value) {
-            (Some((_, b)), Some(v)) if *b != 0.0 => format!("{:.2}", v / b),
+            (Some((_, b)), Some(v)) if *b != 0.0 => num(v / b),
             _ => "—".into(),
         };
         println!(
@@ -113,6 +117,7 @@ fn print_table(rows: &[Row]) {
 struct Options {
     idle_secs: u64,
     only: Option<Vec<String>>,
+    quick: bool,
 }
 
 impl Options {
@@ -120,20 +125,23 @@ impl Options {
         let mut options = Self {
             idle_secs: 60,
             only: None,
+            quick: false,
         };
+        let mut idle_secs = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--idle-secs" => {
-                    options.idle_secs = args.next().context("--idle-secs N")?.parse()?;
+                    idle_secs = Some(args.next().context("--idle-secs N")?.parse()?);
                 }
                 "--only" => {
                     let list = args.next().context("--only NAME[,NAME…]")?;
                     options.only = Some(list.split(',').map(str::to_owned).collect());
                 }
+                "--quick" => options.quick = true,
                 "-h" | "--help" => {
                     eprintln!(
-                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle]\n\
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle] [--quick]\n\
                          build first: {BUILD_CMD}"
                     );
                     std::process::exit(0);
@@ -141,6 +149,7 @@ impl Options {
                 other => anyhow::bail!("unknown argument {other}"),
             }
         }
+        options.idle_secs = idle_secs.unwrap_or(if options.quick { 5 } else { 60 });
         Ok(options)
     }
 
@@ -149,6 +158,34 @@ impl Options {
             .as_ref()
             .is_none_or(|only| only.iter().any(|n| n == name))
     }
+}
+
+/// The arguments each benchmark gets.
+struct Sizes {
+    tunnel: [&'static str; 5],
+    intake: [&'static str; 3],
+    opencode: [&'static str; 5],
+    claude_runs: &'static str,
+    plugins: [&'static str; 2],
+}
+
+impl Sizes {
+    /// The summary run's sizes: about 90 s in all on two cores, 60 s of it idle.
+    const FULL: Self = Self {
+        tunnel: ["--size-mib", "256", "--requests", "5000", "--json"],
+        intake: ["--tasks", "1000", "--json"],
+        opencode: ["--requests", "2000", "--concurrency", "8", "--json"],
+        claude_runs: "10",
+        plugins: ["2000", "--json"],
+    };
+    /// `--quick`: everything runs, nothing is measured seriously.
+    const QUICK: Self = Self {
+        tunnel: ["--size-mib", "8", "--requests", "200", "--json"],
+        intake: ["--tasks", "50", "--json"],
+        opencode: ["--requests", "100", "--concurrency", "4", "--json"],
+        claude_runs: "1",
+        plugins: ["100", "--json"],
+    };
 }
 
 /// Where the binaries and the npm CLIs are.
@@ -198,23 +235,16 @@ impl Layout {
 
     /// A CLI from `.npm-clis` (or the test override variable), if installed.
     fn npm_cli(&self, name: &str, env: &str) -> Option<PathBuf> {
-        let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
-            self.repo
-                .join(".npm-clis/node_modules/.bin")
-                .join(name)
-        });
+        let p = std::env::var_os(env)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.repo.join(".npm-clis/node_modules/.bin").join(name));
         p.exists().then_some(p)
     }
 }
 
 /// Runs one benchmark binary with `--json`; its stdout is echoed on stderr and its
 /// `BENCH-JSON` line turned into rows.
-async fn run_child(
-    bench: &str,
-    bin: &Path,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> Vec<Row> {
+async fn run_child(bench: &str, bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Vec<Row> {
     let started = Instant::now();
     eprintln!("\n== {bench}: {} {}", bin.display(), args.join(" "));
     let result = tokio::time::timeout(CHILD_TIMEOUT, async {
@@ -273,7 +303,7 @@ fn missing(bench: &str, what: &str) -> Vec<Row> {
 }
 
 fn not_built(bench: &str) -> Vec<Row> {
-    missing(bench, "binary not built, see `Running the benchmarks`")
+    missing(bench, "binary not built, see docs/performance.md")
 }
 
 /// One reading of a process from `/proc`.
@@ -406,7 +436,10 @@ async fn measure_idle(
         .spawn()
         .with_context(|| format!("cannot start {}", agentserver.display()))?;
     let pid = child.id().context("the host exited at once")?;
-    eprintln!("\n== {bench}: agentserver run (pid {pid}) against the mock at {}", mock.url());
+    eprintln!(
+        "\n== {bench}: agentserver run (pid {pid}) against the mock at {}",
+        mock.url()
+    );
 
     let ready = state
         .wait_until(Duration::from_secs(60), |s| {
@@ -472,7 +505,12 @@ async fn measure_idle(
         row(format!("RSS after {secs} s idle"), "MiB", mib(last.rss_kib)),
         row("peak RSS since start".into(), "MiB", mib(last.hwm_kib)),
         row(
-            format!("CPU over {secs} s idle"),
+            format!("CPU time over {secs} s idle"),
+            "ms",
+            cpu_secs * 1000.0,
+        ),
+        row(
+            format!("CPU share over {secs} s idle"),
             "%",
             cpu_secs / elapsed * 100.0,
         ),
@@ -517,25 +555,22 @@ async fn main() -> anyhow::Result<()> {
         layout.bin_dir.display(),
         machine()
     );
+    let sizes = if options.quick {
+        Sizes::QUICK
+    } else {
+        Sizes::FULL
+    };
     let mut rows = Vec::new();
 
     if options.wants("tunnel") {
         rows.extend(match layout.sibling("tunnel-bench") {
-            Some(bin) => {
-                run_child(
-                    "tunnel",
-                    &bin,
-                    &["--size-mib", "256", "--requests", "2000", "--json"],
-                    &[],
-                )
-                .await
-            }
+            Some(bin) => run_child("tunnel", &bin, &sizes.tunnel, &[]).await,
             None => not_built("tunnel"),
         });
     }
     if options.wants("intake") {
         rows.extend(match layout.sibling("intake-bench") {
-            Some(bin) => run_child("intake", &bin, &["--tasks", "300", "--json"], &[]).await,
+            Some(bin) => run_child("intake", &bin, &sizes.intake, &[]).await,
             None => not_built("intake"),
         });
     }
@@ -550,15 +585,7 @@ async fn main() -> anyhow::Result<()> {
                     "opencode",
                     "the opencode CLI is not installed (bash scripts/install-test-deps.sh)",
                 ),
-                (Some(bin), Some(_)) => {
-                    run_child(
-                        "opencode",
-                        &bin,
-                        &["--requests", "1000", "--concurrency", "8", "--json"],
-                        &[],
-                    )
-                    .await
-                }
+                (Some(bin), Some(_)) => run_child("opencode", &bin, &sizes.opencode, &[]).await,
             },
         );
     }
@@ -571,13 +598,19 @@ async fn main() -> anyhow::Result<()> {
                 "the claude CLI is not installed (bash scripts/install-test-deps.sh)",
             ),
             (Some(bin), Some(_)) => {
-                run_child("claudecode", &bin, &["--json"], &[("BENCH_RUNS", "5")]).await
+                run_child(
+                    "claudecode",
+                    &bin,
+                    &["--json"],
+                    &[("BENCH_RUNS", sizes.claude_runs)],
+                )
+                .await
             }
         });
     }
     if options.wants("plugins") {
         rows.extend(match layout.sibling("examples/plugin_bench") {
-            Some(bin) => run_child("plugins", &bin, &["--json"], &[]).await,
+            Some(bin) => run_child("plugins", &bin, &sizes.plugins, &[]).await,
             None => not_built("plugins"),
         });
     }
@@ -588,18 +621,15 @@ async fn main() -> anyhow::Result<()> {
                 // Both hosts idle side by side: neither disturbs the other's own figures.
                 let wasm = IdleBackend::WasmExample;
                 let cc = claude.clone().map(IdleBackend::Claudecode);
-                let (a, b) = tokio::join!(
-                    idle_host(&agentserver, &wasm, options.idle_secs),
-                    async {
+                let (a, b) =
+                    tokio::join!(idle_host(&agentserver, &wasm, options.idle_secs), async {
                         match &cc {
                             Some(cc) => idle_host(&agentserver, cc, options.idle_secs).await,
-                            None => missing(
-                                "idle host (claudecode)",
-                                "the claude CLI is not installed",
-                            ),
+                            None => {
+                                missing("idle host (claudecode)", "the claude CLI is not installed")
+                            }
                         }
-                    }
-                );
+                    });
                 rows.extend(a);
                 rows.extend(b);
             }
