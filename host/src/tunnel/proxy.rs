@@ -38,8 +38,11 @@ pub struct HttpProxy {
 impl HttpProxy {
     /// A proxy to `base_url` (e.g. `http://127.0.0.1:4096`; a trailing `/` is ignored).
     pub fn new(base_url: impl Into<String>) -> Self {
+        // The target is a local server: never route it (and its Basic token) through an
+        // HTTP(S)_PROXY from the environment.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
