@@ -74,6 +74,15 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
         state.tunnel.drop_connection(&sandbox_id),
         "no tunnel to drop"
     );
+    let back = |s: &agentserver_mock::MockState, n: usize| {
+        s.tunnel.connections(&sandbox_id).len() >= n && s.tunnel.is_connected(&sandbox_id)
+    };
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| back(s, 2))
+            .await,
+        "the tunnel did not come back after the drop"
+    );
     assert!(
         state
             .wait_until(Duration::from_secs(20), |s| finished(s) >= 40)
@@ -97,6 +106,13 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
                 >= after_outage + 40)
             .await
     );
+    // (The 503s also refused tunnel dials; make sure it is up before the restart cuts it.)
+    assert!(
+        state
+            .wait_until(Duration::from_secs(20), |s| back(s, 2))
+            .await,
+        "the tunnel is not connected before the restart"
+    );
     env.mock.restart().await.expect("mock restarts");
 
     assert!(
@@ -110,9 +126,7 @@ async fn tasks_survive_503s_and_a_restart_exactly_once() {
     let elapsed = started.elapsed();
     // The tunnel came back after the drop and after the restart.
     let reconnected = state
-        .wait_until(Duration::from_secs(20), |s| {
-            s.tunnel.connections(&sandbox_id).len() >= 3 && s.tunnel.is_connected(&sandbox_id)
-        })
+        .wait_until(Duration::from_secs(20), |s| back(s, 3))
         .await;
     assert!(
         reconnected,
