@@ -165,6 +165,26 @@ impl Api {
         })
     }
 
+    /// `POST url?directory=D` with an optional JSON `body`, ignoring the answer's body.
+    async fn post_in_directory(
+        &self,
+        what: &'static str,
+        url: Url,
+        directory: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let mut rb = self
+            .request(reqwest::Method::POST, url)
+            .query(&[("directory", directory)])
+            .timeout(timeout);
+        if let Some(body) = body {
+            rb = rb.json(body);
+        }
+        Self::send(what, rb).await?;
+        Ok(())
+    }
+
     /// `GET /global/health` with `timeout`.
     pub async fn health(&self, base: &Url, timeout: Duration) -> Result<Health, ApiError> {
         const WHAT: &str = "GET /global/health";
@@ -213,16 +233,15 @@ impl Api {
         body: &Value,
         timeout: Duration,
     ) -> Result<(), ApiError> {
-        let rb = self
-            .request(
-                reqwest::Method::POST,
-                join(base, &format!("/session/{session}/prompt_async")),
-            )
-            .query(&[("directory", directory)])
-            .json(body)
-            .timeout(timeout);
-        Self::send("POST /session/{id}/prompt_async", rb).await?;
-        Ok(())
+        let path = format!("/session/{session}/prompt_async");
+        self.post_in_directory(
+            "POST /session/{id}/prompt_async",
+            join(base, &path),
+            directory,
+            Some(body),
+            timeout,
+        )
+        .await
     }
 
     /// `POST /session/{id}/abort?directory=D`.
@@ -233,15 +252,9 @@ impl Api {
         directory: &str,
         timeout: Duration,
     ) -> Result<(), ApiError> {
-        let rb = self
-            .request(
-                reqwest::Method::POST,
-                join(base, &format!("/session/{session}/abort")),
-            )
-            .query(&[("directory", directory)])
-            .timeout(timeout);
-        Self::send("POST /session/{id}/abort", rb).await?;
-        Ok(())
+        let url = join(base, &format!("/session/{session}/abort"));
+        self.post_in_directory("POST /session/{id}/abort", url, directory, None, timeout)
+            .await
     }
 
     /// `POST /permission/{id}/reply` with `{"reply": reply}` (`once`, `always`, `reject`).
@@ -253,16 +266,15 @@ impl Api {
         reply: &str,
         timeout: Duration,
     ) -> Result<(), ApiError> {
-        let rb = self
-            .request(
-                reqwest::Method::POST,
-                join(base, &format!("/permission/{id}/reply")),
-            )
-            .query(&[("directory", directory)])
-            .json(&serde_json::json!({ "reply": reply }))
-            .timeout(timeout);
-        Self::send("POST /permission/{id}/reply", rb).await?;
-        Ok(())
+        let body = serde_json::json!({ "reply": reply });
+        self.post_in_directory(
+            "POST /permission/{id}/reply",
+            join(base, &format!("/permission/{id}/reply")),
+            directory,
+            Some(&body),
+            timeout,
+        )
+        .await
     }
 
     /// `POST /question/{id}/reject`.
@@ -273,15 +285,9 @@ impl Api {
         directory: &str,
         timeout: Duration,
     ) -> Result<(), ApiError> {
-        let rb = self
-            .request(
-                reqwest::Method::POST,
-                join(base, &format!("/question/{id}/reject")),
-            )
-            .query(&[("directory", directory)])
-            .timeout(timeout);
-        Self::send("POST /question/{id}/reject", rb).await?;
-        Ok(())
+        let url = join(base, &format!("/question/{id}/reject"));
+        self.post_in_directory("POST /question/{id}/reject", url, directory, None, timeout)
+            .await
     }
 
     /// `GET /event?directory=D`: the SSE stream of that directory's events (no timeout).

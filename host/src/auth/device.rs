@@ -168,23 +168,16 @@ pub async fn request_device_code(
 ) -> Result<DeviceAuthorization, LoginError> {
     let url = format!("{}/api/oauth2/device/auth", normalize_server_url(server));
     tracing::debug!(%url, "requesting a device code");
-    let resp = http
+    let request = http
         .post(&url)
-        .form(&[("client_id", CLIENT_ID), ("scope", SCOPE)])
-        .send()
-        .await
-        .map_err(|source| LoginError::DeviceAuthRequest {
-            url: url.clone(),
-            source,
-        })?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|source| LoginError::DeviceAuthRequest {
-            url: url.clone(),
-            source,
-        })?;
+        .form(&[("client_id", CLIENT_ID), ("scope", SCOPE)]);
+    let (status, body) =
+        super::send_and_read(request)
+            .await
+            .map_err(|source| LoginError::DeviceAuthRequest {
+                url: url.clone(),
+                source,
+            })?;
     if status != reqwest::StatusCode::OK {
         return Err(LoginError::DeviceAuthFailed {
             status,

@@ -115,6 +115,15 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Sends `request` and reads the whole answer: its status and body.
+pub(crate) async fn send_and_read(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, bytes::Bytes), reqwest::Error> {
+    let resp = request.send().await?;
+    let status = resp.status();
+    Ok((status, resp.bytes().await?))
+}
+
 /// The HTTP client used for OAuth and registration: no special headers (spec §1), bounded
 /// connect and request times so a dead server cannot hang a poll round.
 pub fn default_http_client() -> reqwest::Client {

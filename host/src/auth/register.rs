@@ -136,24 +136,17 @@ pub async fn register_with(
     let server = normalize_server_url(server);
     let url = format!("{server}/api/agent/register");
     tracing::debug!(%url, %name, %sandbox_type, "registering a sandbox");
-    let resp = http
+    let request = http
         .post(&url)
         .bearer_auth(access_token.expose())
-        .json(&RegisterBody { name, sandbox_type })
-        .send()
-        .await
-        .map_err(|source| RegisterError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|source| RegisterError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        .json(&RegisterBody { name, sandbox_type });
+    let (status, body) =
+        super::send_and_read(request)
+            .await
+            .map_err(|source| RegisterError::Transport {
+                url: url.clone(),
+                source,
+            })?;
     if status != reqwest::StatusCode::CREATED {
         let text = short_body(&body);
         let (hint, relogin) = hint_for(status.as_u16(), &text, &server, sandbox_type);

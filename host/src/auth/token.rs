@@ -135,19 +135,14 @@ impl AuthContext {
 
     async fn refresh(&self, server: &str, refresh_token: &Secret) -> Result<TokenResponse, String> {
         let url = format!("{server}/api/oauth2/token");
-        let resp = self
-            .http()
-            .post(&url)
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", CLIENT_ID),
-                ("refresh_token", refresh_token.expose()),
-            ])
-            .send()
+        let request = self.http().post(&url).form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("refresh_token", refresh_token.expose()),
+        ]);
+        let (status, body) = super::send_and_read(request)
             .await
             .map_err(|e| error_chain(&e))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
         if status != reqwest::StatusCode::OK {
             return Err(format!("{status}: {}", short_body(&body)));
         }

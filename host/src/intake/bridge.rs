@@ -176,6 +176,16 @@ async fn status_error(resp: reqwest::Response) -> BridgeError {
     }
 }
 
+/// Sends `request`; a non-2xx answer becomes its [`status_error`].
+async fn send_ok(request: reqwest::RequestBuilder) -> Result<reqwest::Response, BridgeError> {
+    let resp = request.send().await.map_err(BridgeError::Transport)?;
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(status_error(resp).await)
+    }
+}
+
 impl BridgeClient {
     /// A client for `server` (trailing `/` removed).
     pub fn new(
@@ -199,19 +209,14 @@ impl BridgeClient {
 
     /// `POST /v1/agent/sessions` with `{"title": …, "bridge": {}}`; returns the session id.
     pub async fn create_session(&self, title: &str) -> Result<String, BridgeError> {
-        let resp = self
+        let request = self
             .http
             .post(format!("{}/v1/agent/sessions", self.server))
             .bearer_auth(self.proxy_token.expose())
             .json(&serde_json::json!({"title": title, "bridge": {}}))
-            .timeout(self.timings.setup_timeout)
-            .send()
-            .await
-            .map_err(BridgeError::Transport)?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
-        let body: Value = resp
+            .timeout(self.timings.setup_timeout);
+        let body: Value = send_ok(request)
+            .await?
             .json()
             .await
             .map_err(|e| BridgeError::Decode(e.to_string()))?;
@@ -225,21 +230,17 @@ impl BridgeClient {
 
     /// `POST /v1/agent/sessions/{id}/bridge`: registers this worker (the epoch goes up).
     pub async fn fetch_credentials(&self, session_id: &str) -> Result<Credentials, BridgeError> {
-        let resp = self
+        let request = self
             .http
             .post(format!(
                 "{}/v1/agent/sessions/{}/bridge",
                 self.server, session_id
             ))
             .bearer_auth(self.proxy_token.expose())
-            .timeout(self.timings.setup_timeout)
-            .send()
-            .await
-            .map_err(BridgeError::Transport)?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
-        resp.json()
+            .timeout(self.timings.setup_timeout);
+        send_ok(request)
+            .await?
+            .json()
             .await
             .map_err(|e| BridgeError::Decode(e.to_string()))
     }
@@ -408,21 +409,15 @@ async fn worker_request(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(), BridgeError> {
-    let resp = client
+    let request = client
         .http
         .request(method, format!("{}{}", creds.session_url(), path))
         .bearer_auth(creds.worker_jwt.expose())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
-        .timeout(client.timings.worker_timeout)
-        .send()
-        .await
-        .map_err(BridgeError::Transport)?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(status_error(resp).await)
-    }
+        .timeout(client.timings.worker_timeout);
+    send_ok(request).await?;
+    Ok(())
 }
 
 /// Every 20 s ±10 % (first after one interval): `POST …/worker/heartbeat`; errors are ignored.

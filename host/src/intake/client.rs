@@ -146,17 +146,15 @@ impl TaskClient {
     /// `GET /api/agent/tasks/poll?sandbox_id=…`: up to 5 tasks, now assigned to this host.
     pub async fn poll(&self) -> Result<Vec<PolledTask>, ClientError> {
         let url = format!("{}/api/agent/tasks/poll", self.server);
-        let resp = self
+        let request = self
             .http
             .get(url)
             .query(&[("sandbox_id", self.sandbox_id.as_str())])
             .bearer_auth(self.proxy_token.expose())
-            .timeout(TASK_HTTP_TIMEOUT)
-            .send()
+            .timeout(TASK_HTTP_TIMEOUT);
+        let (status, body) = crate::auth::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(ClientError::Transport)?;
         if status.as_u16() != 200 {
             return Err(ClientError::Status {
                 status: status.as_u16(),
@@ -172,16 +170,14 @@ impl TaskClient {
     /// `GET /api/agent/tasks/{id}`: the task's current `status` (spec §14).
     pub async fn task_status(&self, task_id: &str) -> Result<String, ClientError> {
         let url = format!("{}/api/agent/tasks/{}", self.server, task_id);
-        let resp = self
+        let request = self
             .http
             .get(url)
             .bearer_auth(self.proxy_token.expose())
-            .timeout(TASK_HTTP_TIMEOUT)
-            .send()
+            .timeout(TASK_HTTP_TIMEOUT);
+        let (status, body) = crate::auth::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(ClientError::Transport)?;
         if !status.is_success() {
             return Err(ClientError::Status {
                 status: status.as_u16(),

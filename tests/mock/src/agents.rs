@@ -11,7 +11,9 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::server::{TokenKind, bearer_token, http_error, sandbox_auth};
+use crate::server::{
+    TokenKind, bearer_token, http_error, sandbox_auth, sandbox_auth_json, workspace_target,
+};
 use crate::state::{AgentCardRecord, MailRecord, MockState, SandboxRecord};
 
 /// Default number of messages an inbox read returns.
@@ -257,12 +259,9 @@ pub(crate) async fn upsert_card(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (sandbox, _) = match sandbox_auth(&state, &headers) {
+    let (sandbox, req) = match sandbox_auth_json::<CardBody>(&state, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
-    };
-    let Ok(req) = serde_json::from_slice::<CardBody>(&body) else {
-        return http_error(StatusCode::BAD_REQUEST, "bad request");
     };
     state.upsert_card(
         &sandbox,
@@ -290,22 +289,17 @@ pub(crate) async fn mailbox_send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (sandbox, _) = match sandbox_auth(&state, &headers) {
+    let (sandbox, req) = match sandbox_auth_json::<SendBody>(&state, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
-    };
-    let Ok(req) = serde_json::from_slice::<SendBody>(&body) else {
-        return http_error(StatusCode::BAD_REQUEST, "bad request");
     };
     if req.to.is_empty() || req.text.is_empty() {
         return http_error(StatusCode::BAD_REQUEST, "to and text required");
     }
-    let Some(target) = state.sandbox(&req.to) else {
-        return http_error(StatusCode::NOT_FOUND, "target agent not found");
+    let target = match workspace_target(&state, &sandbox, &req.to) {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
-    if target.workspace_id != sandbox.workspace_id {
-        return http_error(StatusCode::FORBIDDEN, "target agent not in workspace");
-    }
     let id = state.send_mail(&sandbox.id, &target.id, &req.text, &req.msg_type);
     (
         StatusCode::CREATED,

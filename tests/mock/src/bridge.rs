@@ -635,6 +635,39 @@ fn worker_auth(state: &MockState, headers: &HeaderMap, id: &str) -> Result<i64, 
     Ok(claims.epoch)
 }
 
+/// [`worker_auth`], then the JSON body and its `worker_epoch` (the JWT's epoch when absent or 0).
+fn worker_auth_body(
+    state: &MockState,
+    headers: &HeaderMap,
+    id: &str,
+    body: &Bytes,
+) -> Result<(Value, i64), Response> {
+    let jwt_epoch = worker_auth(state, headers, id)?;
+    let body = parse_json(body)?;
+    let epoch = match body_epoch(&body) {
+        0 => jwt_epoch,
+        e => e,
+    };
+    Ok((body, epoch))
+}
+
+/// Runs `f` on session `id` under the lock, then wakes waiters. Error: 404 `session not found`.
+fn update_session<R>(
+    state: &MockState,
+    id: &str,
+    f: impl FnOnce(&mut Session) -> R,
+) -> Result<R, Response> {
+    let result = {
+        let mut inner = lock(&state.bridge.inner);
+        let Some(session) = inner.sessions.get_mut(id) else {
+            return Err(http_error(StatusCode::NOT_FOUND, "session not found"));
+        };
+        f(session)
+    };
+    state.notify();
+    Ok(result)
+}
+
 fn body_epoch(body: &Value) -> i64 {
     body.get("worker_epoch")
         .and_then(Value::as_i64)
@@ -668,12 +701,8 @@ async fn worker_put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let jwt_epoch = match worker_auth(&state, &headers, &id) {
-        Ok(e) => e,
-        Err(resp) => return resp,
-    };
-    let body = match parse_json(&body) {
-        Ok(b) => b,
+    let (body, epoch) = match worker_auth_body(&state, &headers, &id, &body) {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let status = body
@@ -684,15 +713,7 @@ async fn worker_put(
     if !status.is_empty() && !matches!(status.as_str(), "idle" | "running" | "requires_action") {
         return http_error(StatusCode::BAD_REQUEST, "invalid worker_status");
     }
-    let epoch = match body_epoch(&body) {
-        0 => jwt_epoch,
-        e => e,
-    };
-    let resp = {
-        let mut inner = lock(&state.bridge.inner);
-        let Some(session) = inner.sessions.get_mut(&id) else {
-            return http_error(StatusCode::NOT_FOUND, "session not found");
-        };
+    update_session(&state, &id, |session| {
         let (code, resp) = if epoch != session.epoch {
             (409, http_error(StatusCode::CONFLICT, "epoch mismatch"))
         } else {
@@ -707,9 +728,8 @@ async fn worker_put(
             http_status: code,
         });
         resp
-    };
-    state.notify();
-    resp
+    })
+    .unwrap_or_else(|resp| resp)
 }
 
 /// `POST …/worker/heartbeat`: `{"session_id", "worker_epoch"}`.
@@ -719,23 +739,11 @@ async fn heartbeat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let jwt_epoch = match worker_auth(&state, &headers, &id) {
-        Ok(e) => e,
+    let (_, epoch) = match worker_auth_body(&state, &headers, &id, &body) {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
-    let body = match parse_json(&body) {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let epoch = match body_epoch(&body) {
-        0 => jwt_epoch,
-        e => e,
-    };
-    let resp = {
-        let mut inner = lock(&state.bridge.inner);
-        let Some(session) = inner.sessions.get_mut(&id) else {
-            return http_error(StatusCode::NOT_FOUND, "session not found");
-        };
+    update_session(&state, &id, |session| {
         let (code, resp) = if epoch != session.epoch {
             (409, http_error(StatusCode::CONFLICT, "epoch mismatch"))
         } else {
@@ -747,9 +755,8 @@ async fn heartbeat(
             http_status: code,
         });
         resp
-    };
-    state.notify();
-    resp
+    })
+    .unwrap_or_else(|resp| resp)
 }
 
 /// `POST …/worker/events`: `{"worker_epoch", "events":[{"payload", "ephemeral"?}]}`.
@@ -775,11 +782,7 @@ async fn events_post(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let resp = {
-        let mut inner = lock(&state.bridge.inner);
-        let Some(session) = inner.sessions.get_mut(&id) else {
-            return http_error(StatusCode::NOT_FOUND, "session not found");
-        };
+    update_session(&state, &id, |session| {
         let received = events.len();
         let (code, stored, resp) = if epoch != session.epoch {
             (409, 0, http_error(StatusCode::CONFLICT, "epoch mismatch"))
@@ -810,9 +813,8 @@ async fn events_post(
             http_status: code,
         });
         resp
-    };
-    state.notify();
-    resp
+    })
+    .unwrap_or_else(|resp| resp)
 }
 
 /// `GET …/worker/events/stream`: replay after `from_sequence_num` / `Last-Event-ID`, then live,
@@ -836,18 +838,16 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from = from_query.or(from_header).unwrap_or(0);
-    let latest = {
-        let mut inner = lock(&state.bridge.inner);
-        let Some(session) = inner.sessions.get_mut(&id) else {
-            return http_error(StatusCode::NOT_FOUND, "session not found");
-        };
+    let latest = match update_session(&state, &id, |session| {
         session.open_streams += 1;
         session.push_log(BridgeOp::StreamOpened {
             from_sequence_num: from,
         });
         session.latest.subscribe()
+    }) {
+        Ok(latest) => latest,
+        Err(resp) => return resp,
     };
-    state.notify();
     let keepalive = *lock(&state.bridge.keepalive);
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(pump(state.clone(), id, from, latest, keepalive, tx));

@@ -79,6 +79,38 @@ pub fn sandbox_auth(
         .ok_or_else(|| http_error(StatusCode::UNAUTHORIZED, "unauthorized"))
 }
 
+/// [`sandbox_auth`], then the body as JSON `T`. Errors: those of [`sandbox_auth`], then 400
+/// `bad request`.
+pub(crate) fn sandbox_auth_json<T: serde::de::DeserializeOwned>(
+    state: &MockState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(SandboxRecord, T), Response> {
+    let (sandbox, _) = sandbox_auth(state, headers)?;
+    let req = serde_json::from_slice::<T>(body)
+        .map_err(|_| http_error(StatusCode::BAD_REQUEST, "bad request"))?;
+    Ok((sandbox, req))
+}
+
+/// The sandbox `target_id`, which must be in `requester`'s workspace. Errors: 404 `target agent
+/// not found`, 403 `target agent not in workspace`.
+pub(crate) fn workspace_target(
+    state: &MockState,
+    requester: &SandboxRecord,
+    target_id: &str,
+) -> Result<SandboxRecord, Response> {
+    let Some(target) = state.sandbox(target_id) else {
+        return Err(http_error(StatusCode::NOT_FOUND, "target agent not found"));
+    };
+    if target.workspace_id != requester.workspace_id {
+        return Err(http_error(
+            StatusCode::FORBIDDEN,
+            "target agent not in workspace",
+        ));
+    }
+    Ok(target)
+}
+
 /// A running mock agentserver on 127.0.0.1.
 #[derive(Debug)]
 pub struct MockServer {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::bridge;
-use crate::server::{http_error, sandbox_auth};
+use crate::server::{http_error, sandbox_auth, sandbox_auth_json, workspace_target};
 use crate::state::{MockState, NewTask, StatusUpdate, TaskRecord};
 
 /// Most tasks one poll hands out.
@@ -137,22 +137,17 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (requester, _) = match sandbox_auth(&state, &headers) {
+    let (requester, req) = match sandbox_auth_json::<CreateBody>(&state, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
-    };
-    let Ok(req) = serde_json::from_slice::<CreateBody>(&body) else {
-        return http_error(StatusCode::BAD_REQUEST, "bad request");
     };
     if req.target_id.is_empty() || req.prompt.is_empty() {
         return http_error(StatusCode::BAD_REQUEST, "target_id and prompt required");
     }
-    let Some(target) = state.sandbox(&req.target_id) else {
-        return http_error(StatusCode::NOT_FOUND, "target agent not found");
+    let target = match workspace_target(&state, &requester, &req.target_id) {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
-    if target.workspace_id != requester.workspace_id {
-        return http_error(StatusCode::FORBIDDEN, "target agent not in workspace");
-    }
     let task = state.insert_task(
         NewTask {
             target_id: target.id,
