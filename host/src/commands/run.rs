@@ -3,14 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use agentserver::auth::{AuthContext, TerminalLoginUi};
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
 use agentserver::tunnel::TunnelEvent;
 use agentserver::worker::{Worker, WorkerOptions, spawn_leftover_flush};
-use agentserver_plugin_api::{Backend, SessionType};
+use agentserver_plugin_api::SessionType;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +65,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     );
 
     if info.session_type == SessionType::Claudecode {
-        prepare_claudecode(&args, &session, &workdir, &backend).await;
+        prepare_claudecode(&args, &session, &workdir).await;
     }
 
     let mut options = WorkerOptions::new(&workdir);
@@ -122,12 +121,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// Claude Code extras at start (spec §5 step 6): `.mcp.json` for delegation, and the fixed
 /// agent card for servers older than v0.37 when asked. Failures are logged, never fatal.
-async fn prepare_claudecode(
-    args: &RunArgs,
-    session: &agentserver::state::Session,
-    workdir: &Path,
-    _backend: &Arc<dyn Backend>,
-) {
+async fn prepare_claudecode(args: &RunArgs, session: &agentserver::state::Session, workdir: &Path) {
     match std::env::current_exe().and_then(|p| p.canonicalize()) {
         Ok(exe) => {
             if let Err(err) = agentserver_backend_claudecode::inject_mcp_config(
