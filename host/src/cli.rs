@@ -217,9 +217,10 @@ pub struct PluginArgs {
 /// `run` options.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Backend: `claudecode`, `opencode`, or an installed plugin's name.
-    #[arg(long, short = 'b', default_value = "claudecode")]
-    pub backend: String,
+    /// Backend: `claudecode`, `opencode`, or an installed plugin's name [default: claudecode,
+    /// or with `--resume` the type the sandbox was registered with].
+    #[arg(long, short = 'b')]
+    pub backend: Option<String>,
     #[command(flatten)]
     /// Session options.
     pub session: SessionArgs,
@@ -412,7 +413,7 @@ mod tests {
         let cli = Cli::parse_from(["agentserver", "run", "--backend", "opencode", "-r", "abc"]);
         match cli.command {
             Some(Command::Run(r)) => {
-                assert_eq!(r.backend, "opencode");
+                assert_eq!(r.backend.as_deref(), Some("opencode"));
                 assert_eq!(r.session.resume.as_deref(), Some("abc"));
                 assert_eq!(r.opencode.opencode_port, 4096);
             }

@@ -22,14 +22,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let code = match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("Error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
-    }
+    };
+    // Dropping the runtime would wait for every blocking task, and a native plugin that
+    // ignores cancellation keeps its blocking thread forever: give stragglers a moment, then
+    // leave them behind so the process exits as promised.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    code
 }
+
+/// How long the exit waits for blocking tasks (file writes, plugin calls) still running.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The error and its causes joined by `: `, leaving out a cause whose text the message
 /// already shows (many errors print their source themselves, e.g. `{path}: {source}`).

@@ -132,6 +132,25 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         session.get("pid").is_none_or(|p| p.is_null() || p == 0),
         "pid cleared: {session}"
     );
+    // The tunnel was closed with a normal WebSocket close, not dropped.
+    assert!(
+        mock.wait_until(Duration::from_secs(5), |s| s
+            .tunnel
+            .connections(&sandbox.id)
+            .iter()
+            .all(|c| c.close_code.is_some()))
+            .await,
+        "the tunnel connection was not closed"
+    );
+    let closes: Vec<_> = mock
+        .tunnel
+        .connections(&sandbox.id)
+        .iter()
+        .map(|c| c.close_code)
+        .collect();
+    assert_eq!(closes.last(), Some(&Some(1000)), "close codes: {closes:?}");
+    // No agent card unless `--register-card` is given (servers v0.37+ build their own).
+    assert!(mock.agent_cards().is_empty(), "{:?}", mock.agent_cards());
     // The tokens never reach the output.
     for token in [&sandbox.tunnel_token, &sandbox.proxy_token] {
         assert!(!stdout.contains(token.as_str()) && !stderr.contains(token.as_str()));

@@ -99,6 +99,14 @@ static char *execute(const char *task_json, size_t task_len, const AgentserverHo
             ? "{\"status\":\"cancelled\",\"failure_reason\":\"cancelled by the host\"}"
             : "{\"status\":\"failed\",\"failure_reason\":\"never cancelled\"}";
         out = dup_bytes(done, strlen(done));
+#ifdef EXAMPLE_IGNORE_CANCEL
+    } else if (strcmp(prompt, "ignore-cancel") == 0) {
+        /* Test build only: a misbehaving plugin that never looks at the cancel flag. */
+        emit(host, "{\"type\":\"ignoring\"}");
+        struct timespec s = {120, 0};
+        nanosleep(&s, NULL);
+        out = dup_bytes("{\"status\":\"completed\",\"result\":\"late\"}", 38);
+#endif
     } else if (strcmp(prompt, "noop") == 0) {
         const char *done = "{\"status\":\"completed\",\"result\":\"\"}";
         out = dup_bytes(done, strlen(done));

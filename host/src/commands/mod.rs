@@ -26,7 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Some(Command::Claudecode(root)) => run(root_as_run(root)).await,
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Connect(mut args)) => {
-            args.backend = "opencode".into();
+            args.backend = Some("opencode".into());
             run(args).await
         }
         Some(Command::Login(args)) => login::login(args).await,
@@ -47,7 +47,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 fn root_as_run(root: RootArgs) -> RunArgs {
     RunArgs {
-        backend: "claudecode".into(),
+        // The root command is claudecode, except that `--resume` follows the sandbox's type.
+        backend: None,
         session: root.session,
         claude: root.claude,
         opencode: Default::default(),

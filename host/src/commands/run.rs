@@ -20,8 +20,14 @@ use crate::cli::RunArgs;
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let workdir = absolute_workdir(&cwd, args.session.work_dir.as_deref())?;
+    let store = SessionStore::default_location();
+    let backend_name = choose_backend_name(
+        args.backend.as_deref(),
+        args.session.resume.as_deref(),
+        &store,
+    )?;
     let backend = backends::build(&BackendChoice {
-        name: &args.backend,
+        name: &backend_name,
         workdir: &workdir,
         claude: &args.claude,
         opencode: &args.opencode,
@@ -39,7 +45,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             }
         })
     };
-    let store = SessionStore::default_location();
     let auth = AuthContext::default_location();
     let ui = TerminalLoginUi::new(!args.session.skip_open_browser);
     let request = SessionRequest {
@@ -114,7 +119,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     println!("Agent disconnected.");
     println!(
         "To resume this session: {}",
-        resume_hint(&args.backend, &sandbox_id)
+        resume_hint(&backend_name, &sandbox_id)
     );
     Ok(code)
 }
@@ -194,6 +199,51 @@ async fn print_tunnel_events(mut events: tokio::sync::broadcast::Receiver<Tunnel
     }
 }
 
+/// The backend to run: the session type chooses it. `--backend` names it for a new session;
+/// with `--resume` the sandbox keeps the type it was registered with, so a missing `--backend`
+/// follows that type and a contradicting one is refused (the server would route the wrong
+/// kind of work to it). A session that cannot be read is left for `choose_session` to report.
+fn choose_backend_name(
+    requested: Option<&str>,
+    resume: Option<&str>,
+    store: &SessionStore,
+) -> Result<String> {
+    let resumed_type = resume.and_then(|id| store.load(id).ok().map(|s| (id, s.session_type)));
+    backend_for_session(
+        requested,
+        resumed_type.as_ref().map(|(id, t)| (*id, t.as_str())),
+    )
+}
+
+/// The pure rule behind [`choose_backend_name`]; `resumed` is `(sandbox id, session type)`.
+fn backend_for_session(requested: Option<&str>, resumed: Option<(&str, &str)>) -> Result<String> {
+    let Some((id, session_type)) = resumed else {
+        return Ok(requested
+            .unwrap_or(SessionType::Claudecode.as_str())
+            .to_owned());
+    };
+    let builtin = [SessionType::Claudecode, SessionType::Opencode]
+        .into_iter()
+        .find(|t| t.as_str() == session_type);
+    match (requested, builtin) {
+        (None, Some(t)) => Ok(t.as_str().to_owned()),
+        (None, None) => anyhow::bail!(
+            "sandbox {id} was registered as type `{session_type}` (a plugin backend); \
+             say which plugin runs it: agentserver run --backend NAME --resume {id}"
+        ),
+        (Some(name), Some(t)) if name != t.as_str() => anyhow::bail!(
+            "sandbox {id} was registered as type `{session_type}`, not `{name}`; \
+             resume it with: {}",
+            resume_hint(t.as_str(), id)
+        ),
+        (Some(name), None) if name == "claudecode" || name == "opencode" => anyhow::bail!(
+            "sandbox {id} was registered as type `{session_type}` (a plugin backend), not \
+             `{name}`; resume it with: agentserver run --backend PLUGIN --resume {id}"
+        ),
+        (Some(name), _) => Ok(name.to_owned()),
+    }
+}
+
 fn resume_hint(backend: &str, sandbox_id: &str) -> String {
     if backend == "claudecode" {
         format!("agentserver --resume {sandbox_id}")
@@ -216,4 +266,57 @@ fn absolute_workdir(cwd: &Path, work_dir: Option<&Path>) -> Result<PathBuf> {
         dir.display()
     );
     Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend_for_session;
+
+    #[test]
+    fn a_new_session_runs_the_requested_backend_or_claudecode() {
+        assert_eq!(backend_for_session(None, None).unwrap(), "claudecode");
+        assert_eq!(
+            backend_for_session(Some("my-plugin"), None).unwrap(),
+            "my-plugin"
+        );
+    }
+
+    #[test]
+    fn a_resumed_session_follows_its_registered_type() {
+        assert_eq!(
+            backend_for_session(None, Some(("sb1", "opencode"))).unwrap(),
+            "opencode"
+        );
+        assert_eq!(
+            backend_for_session(Some("opencode"), Some(("sb1", "opencode"))).unwrap(),
+            "opencode"
+        );
+        assert_eq!(
+            backend_for_session(Some("my-plugin"), Some(("sb1", "custom"))).unwrap(),
+            "my-plugin"
+        );
+    }
+
+    #[test]
+    fn a_contradicting_backend_is_refused_with_the_command_to_run() {
+        let err = backend_for_session(Some("claudecode"), Some(("sb1", "opencode")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agentserver run --backend opencode --resume sb1"),
+            "{err}"
+        );
+        let err = backend_for_session(Some("my-plugin"), Some(("sb1", "claudecode")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agentserver --resume sb1"), "{err}");
+        let err = backend_for_session(Some("opencode"), Some(("sb1", "custom")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--backend PLUGIN --resume sb1"), "{err}");
+        let err = backend_for_session(None, Some(("sb1", "custom")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--backend NAME --resume sb1"), "{err}");
+    }
 }

@@ -1,9 +1,11 @@
-//! Dispatch: from a session type or backend name to a `Backend`, and running tasks on it.
+//! Dispatch: from a backend name to a `Backend`.
 //!
 //! A [`BackendRegistry`] maps names (`claudecode`, `opencode`, plugin names) to factories.
-//! Built-in backends are registered by their owners at start-up; plugins are registered by the
-//! plugin loader. [`BackendRegistry::resolve`] builds the backend for a name, and an unknown
-//! name is an error that lists the names that would work.
+//! Plugins are registered by the plugin loader (`plugins::register_all`); the binary's `run`
+//! builds built-ins itself (`commands/backends.rs`) and resolves plugins by name through
+//! `plugins::load_backend`, which uses the same discovery. [`BackendRegistry::resolve`]
+//! builds the backend for a name, and an unknown name is an error that lists the names that
+//! would work.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! Layout: `<outbox_dir>/<sandbox_id>/<task file>.json`, one JSON [`OutboxEntry`] per task,
 //! written atomically (temp file, fsync, rename, fsync of the directory). Entries of other
 //! sandboxes are left alone (they need that sandbox's token); entries the server refuses for
-//! good (400) move to `<outbox_dir>/<sandbox_id>/rejected/` for inspection.
+//! good (400/422) move to `<outbox_dir>/<sandbox_id>/rejected/` for inspection.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
-//! Delivers outbox entries: `PUT …/status` with backoff until the server accepts (2xx) or says
-//! the task is gone (404/410). Entries stay on disk until then, so a crash only delays them.
+//! Delivers outbox entries: `PUT …/status` with backoff until the server accepts (2xx), says
+//! the task is gone (404/410: the entry is dropped) or refuses the body for good (400/422: the
+//! entry moves to `rejected/`). Entries stay on disk until then, so a crash only delays them.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
