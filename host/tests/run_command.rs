@@ -149,8 +149,13 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         .map(|c| c.close_code)
         .collect();
     assert_eq!(closes.last(), Some(&Some(1000)), "close codes: {closes:?}");
-    // No agent card unless `--register-card` is given (servers v0.37+ build their own).
-    assert!(mock.agent_cards().is_empty(), "{:?}", mock.agent_cards());
+    // No agent card is posted unless `--register-card` is given (servers v0.37+ build their
+    // own from the agent info, as the mock does).
+    assert!(
+        mock.requests_to("POST", agentserver_backend_claudecode::AGENT_CARD_PATH)
+            .is_empty(),
+        "an agent card was posted without --register-card"
+    );
     // The tokens never reach the output.
     for token in [&sandbox.tunnel_token, &sandbox.proxy_token] {
         assert!(!stdout.contains(token.as_str()) && !stderr.contains(token.as_str()));
@@ -172,4 +177,81 @@ fn wait_with_timeout(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `--register-card` posts the fixed Claude Code card with the tunnel token (servers older
+/// than v0.37); resuming that sandbox with another backend is refused with the right command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_card_is_posted_and_resume_keeps_the_sandbox_type() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("state");
+    let claude = dir.path().join("claude");
+    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agentserver = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentserver"));
+        cmd.args(args)
+            .arg("--server")
+            .arg(server.url())
+            .current_dir(dir.path())
+            .env("AGENTSERVER_HOME", &home)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    let mut child = agentserver(&["run", "--skip-open-browser", "--register-card"])
+        .arg("--claude-bin")
+        .arg(&claude)
+        .spawn()
+        .unwrap();
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| !s
+            .requests_to("POST", agentserver_backend_claudecode::AGENT_CARD_PATH)
+            .is_empty())
+            .await,
+        "no agent card was posted"
+    );
+    let sandbox = mock.sandboxes()[0].clone();
+    assert_eq!(sandbox.sandbox_type, "claudecode");
+    let post = &mock.requests_to("POST", agentserver_backend_claudecode::AGENT_CARD_PATH)[0];
+    assert_eq!(
+        post.header("authorization"),
+        Some(format!("Bearer {}", sandbox.tunnel_token).as_str())
+    );
+    let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+    assert_eq!(
+        body,
+        agentserver_backend_claudecode::agent_card_body(&sandbox.name)
+    );
+    // Signal handlers are installed once the worker runs (the tunnel is up).
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| s
+            .sandbox(&sandbox.id)
+            .is_some_and(|sb| sb.agent_info.is_some()))
+            .await,
+        "no agent info arrived over the tunnel"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(20)).success());
+
+    // The sandbox is a claudecode sandbox: `--backend opencode` cannot take it over.
+    let refused = agentserver(&["run", "--backend", "opencode", "--resume", &sandbox.id])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("agentserver --resume {}", sandbox.id))
+            && stderr.contains("type `claudecode`"),
+        "{stderr}"
+    );
+    assert_eq!(mock.sandboxes().len(), 1, "nothing new was registered");
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,7 @@ use crate::state::{MockState, lock};
 pub const WORKER_JWT_TTL_SECS: i64 = 86_400;
 /// Most events accepted in one `POST …/worker/events`.
 pub const MAX_EVENTS_PER_BATCH: usize = 100;
-/// Most stored events replayed when an SSE stream opens.
+/// Most stored events replayed when an SSE stream opens (any beyond are skipped; live ones follow).
 pub const MAX_REPLAY: usize = 1000;
 /// Size of the per-session uuid dedup set.
 pub const DEDUP_CAPACITY: usize = 2000;
@@ -303,6 +303,9 @@ pub fn routes() -> Router<Arc<MockState>> {
         .route("/v1/agent/sessions/{id}/worker/heartbeat", post(heartbeat))
         .route("/v1/agent/sessions/{id}/worker/events", post(events_post))
         .route("/v1/agent/sessions/{id}/worker/events/stream", get(stream))
+        // Batches may be up to 10 MiB (checked in `events_post`); axum's default is 2 MiB.
+        // The recording middleware already caps bodies at `record::MAX_BODY`.
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// Creates a bridge session for a task of `sandbox_id` in `workspace_id` and returns its id
@@ -878,13 +881,13 @@ async fn pump(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     'outer: loop {
         latest.mark_unchanged();
-        let frames: Vec<(u64, Bytes)> = {
+        let (frames, newest): (Vec<(u64, Bytes)>, u64) = {
             let inner = lock(&state.bridge.inner);
             let Some(session) = inner.sessions.get(&id) else {
                 break;
             };
             let limit = if first { MAX_REPLAY } else { usize::MAX };
-            session
+            let frames = session
                 .events
                 .iter()
                 .filter(|e| e.sequence_num > last)
@@ -898,14 +901,20 @@ async fn pump(
                     );
                     (e.sequence_num, Bytes::from(frame))
                 })
-                .collect()
+                .collect();
+            (frames, session.events.len() as u64)
         };
-        first = false;
         for (seq, frame) in frames {
             if tx.send(frame).await.is_err() {
                 break 'outer;
             }
             last = seq;
+        }
+        if first {
+            // Like the server: the replay is capped, then only live events follow; what lay
+            // beyond the cap needs a reconnect with a higher `from_sequence_num`.
+            last = last.max(newest);
+            first = false;
         }
         tokio::select! {
             changed = latest.changed() => if changed.is_err() { break },
