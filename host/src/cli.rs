@@ -135,6 +135,10 @@ pub struct ClaudeArgs {
     /// Path of the `claude` CLI (default: looked up in PATH and the usual install places).
     #[arg(long, value_name = "PATH")]
     pub claude_bin: Option<PathBuf>,
+    /// Fail a task whose `claude` printed nothing for this many seconds (a stalled stream)
+    /// [default: 900].
+    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    pub claude_idle_timeout: Option<Duration>,
 }
 
 /// opencode backend options.
@@ -395,6 +399,55 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command and subcommand says what it does, and every option has help text, so
+    /// `--help` teaches at every level.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn check(cmd: &mut clap::Command, path: &str) {
+            let path = format!("{path} {}", cmd.get_name());
+            assert!(
+                cmd.get_about()
+                    .is_some_and(|a| !a.to_string().trim().is_empty()),
+                "`{path}` has no description"
+            );
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "`{path}`: option `{}` has no help",
+                    arg.get_id()
+                );
+            }
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Usage:"), "`{path} --help`:\n{help}");
+            for sub in cmd.get_subcommands_mut() {
+                check(sub, &path);
+            }
+        }
+        let mut root = Cli::command();
+        root.build();
+        let expected = [
+            "run",
+            "login",
+            "list",
+            "remove",
+            "task-worker",
+            "mcp-server",
+            "version",
+            "info",
+            "plugins",
+            "dev-server",
+            "demo",
+        ];
+        for name in expected {
+            assert!(root.find_subcommand(name).is_some(), "missing `{name}`");
+        }
+        check(&mut root, "");
     }
 
     #[test]

@@ -205,5 +205,50 @@ async fn registration_errors_say_what_to_do() {
         "{err}"
     );
     assert!(err.to_string().contains("administrator"), "{err}");
+    state.set_oauth_configured(true);
+
+    // The server's own failures → 500 with its text → try again later.
+    for (fail, text) in [
+        (
+            "introspection" as &str,
+            "token introspection failed" as &str,
+        ),
+        ("insert", "failed to register agent"),
+    ] {
+        state.set_introspection_fails(fail == "introspection");
+        state.set_register_fails(fail == "insert");
+        let token = state.issue_access_token(Some(&ws), SCOPES, "owner");
+        let err = ctx
+            .register(&server, &Secret::new(token), "n", "claudecode")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RegisterError::Rejected { status, .. } if status.as_u16() == 500),
+            "{err}"
+        );
+        assert!(!err.needs_relogin(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(text) && msg.contains("try again later"),
+            "{msg}"
+        );
+    }
+    state.clear_faults();
+
+    // A body the server cannot read → 400 `bad request`.
+    let token = state.issue_access_token(Some(&ws), SCOPES, "owner");
+    let response = reqwest::Client::new()
+        .post(format!("{server}/api/agent/register"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(
+        response.text().await.unwrap().contains("bad request"),
+        "the mock's 400 text"
+    );
     assert!(state.sandboxes().is_empty());
 }

@@ -13,7 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome};
+use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -384,15 +384,6 @@ async fn supervise(
         stats.exit_code = status.code();
     }
 
-    if let Some(result) = &result {
-        if ending == Ending::NoExitAfterResult {
-            tracing::warn!(
-                pid,
-                "claude did not exit after its result; its process group was killed"
-            );
-        }
-        return result.to_outcome();
-    }
     let stderr_tail = {
         let tail = crate::lock(&ring).tail(config.stderr_in_failure_bytes);
         let text = String::from_utf8_lossy(&tail).trim().to_owned();
@@ -402,6 +393,22 @@ async fn supervise(
             format!("; stderr: {text}")
         }
     };
+    if let Some(result) = &result {
+        if ending == Ending::NoExitAfterResult {
+            tracing::warn!(
+                pid,
+                "claude did not exit after its result; its process group was killed"
+            );
+        }
+        let mut outcome = result.to_outcome();
+        // A failed result says why; what the CLI wrote to stderr may say more.
+        if outcome.status == TaskStatus::Failed
+            && let Some(reason) = outcome.failure_reason.as_mut()
+        {
+            reason.push_str(&stderr_tail);
+        }
+        return outcome;
+    }
     let exit = stats
         .exit_status
         .clone()

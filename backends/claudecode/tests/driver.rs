@@ -202,6 +202,24 @@ async fn stream_stopping_mid_turn_trips_the_idle_watchdog() {
 }
 
 #[tokio::test]
+async fn a_failed_result_carries_the_stderr_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "{START}err API Error: 500 from the upstream proxy\nout {{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":true,\"result\":\"API Error: 500\",\"terminal_reason\":\"api_error\",\"api_error_status\":500,\"num_turns\":1}}\nexit 1\n"
+    );
+    let backend = fake_backend(&script, |_| {});
+    let done = run(&backend, task("x", dir.path())).await;
+    let r = &done.report;
+    assert_eq!(r.outcome.status, TaskStatus::Failed);
+    let reason = r.outcome.failure_reason.clone().unwrap();
+    assert!(reason.contains("500"), "{reason}");
+    assert!(
+        reason.ends_with("; stderr: API Error: 500 from the upstream proxy"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
 async fn exiting_without_a_result_fails_with_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let script = format!(

@@ -29,10 +29,15 @@ pub struct BackendChoice<'a> {
 pub fn build(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
     match choice.name {
         "claudecode" => {
+            let defaults = ClaudeCodeConfig::default();
             let config = ClaudeCodeConfig {
                 claude_bin: choice.claude.claude_bin.clone(),
                 workdir: choice.workdir.to_path_buf(),
-                ..ClaudeCodeConfig::default()
+                idle_timeout: choice
+                    .claude
+                    .claude_idle_timeout
+                    .unwrap_or(defaults.idle_timeout),
+                ..defaults
             };
             Ok(Arc::new(ClaudeCodeBackend::new(config)))
         }

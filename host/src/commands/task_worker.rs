@@ -56,10 +56,15 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
         None => cwd,
     };
 
+    let defaults = ClaudeCodeConfig::default();
     let backend = Arc::new(ClaudeCodeBackend::new(ClaudeCodeConfig {
         claude_bin: args.claude.claude_bin,
         workdir: workdir.clone(),
-        ..ClaudeCodeConfig::default()
+        idle_timeout: args
+            .claude
+            .claude_idle_timeout
+            .unwrap_or(defaults.idle_timeout),
+        ..defaults
     }));
     backend
         .start()

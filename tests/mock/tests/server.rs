@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use agentserver_mock::MockConfig;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -354,4 +355,82 @@ async fn control_api_lists_and_creates() {
         .await
         .unwrap();
     assert_text_error(resp, 404, "target agent not found").await;
+}
+
+/// The server side of the 75 s stream-open rule (here 300 ms): a tunnel client that never
+/// acknowledges a stream the server opened loses the whole session.
+#[tokio::test]
+async fn an_unacknowledged_stream_closes_the_tunnel_after_the_open_timeout() {
+    let mock = start_with(MockConfig {
+        stream_open_timeout: Duration::from_millis(300),
+        ..MockConfig::default()
+    })
+    .await;
+    let state = mock.state();
+    let sb = state.add_sandbox("x", "claudecode");
+    let ws_url = format!(
+        "{}/api/tunnel/{}?token={}",
+        mock.url().replacen("http://", "ws://", 1),
+        sb.id,
+        sb.tunnel_token
+    );
+    // A raw WebSocket peer that reads but never answers (no yamux ACK).
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("upgrade");
+    let sid = sb.id.clone();
+    assert!(
+        state
+            .wait_until(Duration::from_secs(10), |s| s.tunnel.is_connected(&sid))
+            .await
+    );
+    let opened = Instant::now();
+    // The SYN goes out at once; nobody acknowledges it.
+    let _stream = state
+        .tunnel
+        .open_raw_stream(&sb.id)
+        .await
+        .expect("the SYN is sent without waiting for the ACK");
+
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(tokio_tungstenite::tungstenite::Message::Binary(b)) => {
+                    received.extend_from_slice(&b)
+                }
+                Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel stayed open without the ACK");
+    let elapsed = opened.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    // Among what the peer received: the yamux SYN of server stream 2 (12-byte headers:
+    // version 0, type 1 = window update, flags 0x0001 = SYN, stream id 2).
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 12 <= received.len() {
+        let header = &received[at..at + 12];
+        let (kind, flags) = (header[1], u16::from_be_bytes([header[2], header[3]]));
+        let stream = u32::from_be_bytes(header[4..8].try_into().unwrap());
+        let length = u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+        frames.push((kind, flags, stream));
+        at += 12 + if kind == 0 { length } else { 0 };
+    }
+    assert!(
+        frames.contains(&(1, 1, 2)),
+        "no SYN for stream 2 among {frames:?}"
+    );
+    assert!(
+        state
+            .wait_until(Duration::from_secs(5), |s| !s.tunnel.is_connected(&sid))
+            .await,
+        "the mock still lists the tunnel as connected"
+    );
 }
