@@ -318,3 +318,85 @@ async fn login_command_reports_a_server_without_oauth() {
         describe(&out)
     );
 }
+
+#[tokio::test]
+async fn ctrl_c_during_login_exits_130_and_saves_nothing() {
+    let mock = MockServer::start(MockConfig {
+        approve_after_polls: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["login", "--server", &mock.url(), "--skip-open-browser"])
+        .env("AGENTSERVER_HOME", home.path())
+        .env("HOME", home.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Interrupt once the host is waiting for the user (its first token poll was answered).
+    assert!(
+        mock.state()
+            .wait_until(TIMEOUT, |s| {
+                s.requests().iter().any(|r| r.path == "/api/oauth2/token")
+            })
+            .await
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .expect("login ends after Ctrl-C")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Login cancelled."),
+        "{}",
+        describe(&out)
+    );
+    assert!(!home.path().join(".credentials.json").exists());
+}
+
+#[tokio::test]
+async fn a_server_outage_while_polling_is_retried_and_login_still_succeeds() {
+    let mut mock = MockServer::start(MockConfig {
+        approve_after_polls: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let state = mock.state();
+    let home = tempfile::tempdir().unwrap();
+    let ctx = auth_in(home.path());
+    let url = mock.url();
+    let login = tokio::spawn(async move {
+        ctx.login(&url, &QuietLoginUi, &CancellationToken::new())
+            .await
+    });
+    // After the first pending poll the server restarts (open connections are reset), then
+    // its gateway answers 503 twice: all of it is retried.
+    assert!(
+        state
+            .wait_until(TIMEOUT, |s| token_polls(&s.requests()).len() == 1)
+            .await
+    );
+    mock.restart().await.unwrap();
+    state.fail_next("POST", "/api/oauth2/token", 503, 2);
+    let credentials = tokio::time::timeout(TIMEOUT, login)
+        .await
+        .expect("login finishes")
+        .unwrap()
+        .expect("login succeeds after the outage");
+    assert_eq!(credentials.server_url.trim_end_matches('/'), mock.url());
+    // 1 pending, 2 × 503, then the 3rd poll the mock counts approves.
+    assert!(token_polls(&state.requests()).len() >= 4);
+    assert!(home.path().join(".credentials.json").exists());
+}

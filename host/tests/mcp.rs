@@ -626,3 +626,49 @@ async fn mcp_json_from_the_claudecode_backend_launches_the_server() {
     assert!(!is_error, "{text}");
     assert!(text.contains(&helper.id));
 }
+
+/// A client asking for a protocol version this server does not know gets the newest one it
+/// speaks (MCP version negotiation), not an error and not upstream's fixed `2024-11-05`.
+#[tokio::test]
+async fn an_unknown_protocol_version_is_answered_with_the_newest_supported() {
+    let (mock, me, _helper) = workspace().await;
+    let mut child = Command::new(BIN)
+        .arg("mcp-server")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENTSERVER_URL", mock.url())
+        .env("AGENTSERVER_TOKEN", &me.proxy_token)
+        .env("AGENTSERVER_WORKSPACE_ID", &me.workspace_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "1999-01-01", "capabilities": {},
+        "clientInfo": {"name": "time-traveller", "version": "0"}}});
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .expect("a reply within 15 s")
+        .unwrap()
+        .expect("stdout open");
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    let newest =
+        serde_json::to_value(agentserver::mcp::server::SUPPORTED_PROTOCOL_VERSIONS.last()).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(reply["result"]["protocolVersion"], newest, "{reply}");
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits on stdin EOF")
+        .unwrap();
+    assert!(status.success());
+}

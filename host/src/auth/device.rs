@@ -260,6 +260,12 @@ pub async fn poll_for_token(
             }
             "access_denied" => return Err(LoginError::Denied),
             "expired_token" => return Err(LoginError::Expired),
+            // A gateway hiccup (502/503/504, 429) without an OAuth error body is transient:
+            // retried like a network error instead of ending the login (upstream fails).
+            "" if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                tracing::debug!(%status, "token poll: transient server error; retrying");
+                ui.poll_event(&PollEvent::NetworkError);
+            }
             "" => {
                 return Err(LoginError::Token(format!(
                     "unexpected answer ({status}): {}",
