@@ -584,3 +584,38 @@ async fn random_garbage_never_panics() {
         assert!(!matches!(reason, SessionError::LocalClose));
     }
 }
+
+/// Frames a server may legally send that the other tests do not: a stream opened and
+/// closed in one frame (`SYN|FIN`, what an empty request looks like from some
+/// implementations), and one data frame as large as the whole initial window.
+#[tokio::test]
+async fn syn_fin_in_one_frame_and_a_full_window_data_frame_are_accepted() {
+    let ((_control, mut incoming), mut peer) = raw_client_session(Config::default());
+    peer.send(Header::window_update(2, Flags::SYN | Flags::FIN, 0), &[])
+        .await;
+    let ack = peer.recv_interesting().await.unwrap();
+    assert_eq!(ack.header, Header::window_update(2, Flags::ACK, 0));
+    let mut stream = timeout(T, incoming.next()).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert!(got.is_empty(), "an empty, already finished request");
+    stream.write_all(b"reply").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let data = peer.recv_interesting().await.unwrap();
+    assert_eq!(data.header.stream_id, 2);
+    assert_eq!(&data.body[..], b"reply");
+    let fin = peer.recv_interesting().await.unwrap();
+    assert!(fin.header.flags.contains(Flags::FIN), "{:?}", fin.header);
+
+    // 256 KiB in a single data frame: exactly the window, so it must be accepted whole.
+    let body = pattern(256 * 1024, 7);
+    peer.send(Header::data(4, Flags::SYN, body.len() as u32), &body)
+        .await;
+    let mut stream = timeout(T, incoming.next()).await.unwrap().unwrap();
+    let mut got = vec![0u8; body.len()];
+    timeout(T, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == body, "the full-window frame arrived intact");
+}
