@@ -341,14 +341,79 @@ fn truncated_library_is_refused() {
     let lib = build_c_plugin(tmp.path(), "libfull.so", &[]);
     let bytes = std::fs::read(&lib).unwrap();
     let truncated = tmp.path().join("libtruncated.so");
-    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let kept = bytes.len() / 3;
+    std::fs::write(&truncated, &bytes[..kept]).unwrap();
     let root = tmp.path().join("plugins");
     write_plugin(&root, "truncated", "native", &truncated, "1.0.0", "");
     let mut options = options(&tmp.path().join("state"), &root);
     options.allow_native = vec!["truncated".into()];
     let err = plugins::load_backend("truncated", &options).err().unwrap();
     assert!(matches!(err, PluginError::NativeLoad { .. }), "{err}");
-    assert!(err.to_string().contains("libtruncated.so"), "{err}");
+    // The message names the file and says, in words, what is wrong with it and what to do:
+    // our own ELF check caught it (not a loader crash or a cryptic dlopen error).
+    let text = err.to_string();
+    assert!(text.contains("libtruncated.so"), "{text}");
+    assert!(text.contains("cannot load native plugin library"), "{text}");
+    assert!(
+        text.contains(&format!("truncated file ({kept} bytes)")),
+        "the message says the file is truncated and how big it is: {text}"
+    );
+    assert!(text.contains("lies past its end"), "{text}");
+    assert!(
+        text.contains("incomplete") && text.contains("rebuild"),
+        "the message tells the user what to do: {text}"
+    );
+}
+
+#[tokio::test]
+async fn c_example_wait_for_cancel_returns_cancelled_through_the_abi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = allowed_c_plugin(tmp.path(), "native-c-example", &[], "1.0.0");
+    // A grace far longer than the plugin needs: an outcome within it can only be the plugin's
+    // own, returned because `is_cancelled` said so (the host's abandonment reason differs).
+    options.cancel_grace = Duration::from_secs(20);
+    let backend = plugins::load_backend("native-c-example", &options).unwrap();
+
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let (sink, mut rx) = agentserver_plugin_api::EventSink::channel(8);
+    let workdir = tmp.path().to_owned();
+    let run = {
+        let backend = Arc::clone(&backend);
+        tokio::spawn(async move {
+            backend
+                .execute(task("wait-for-cancel", &workdir), sink, cancel)
+                .await
+        })
+    };
+    // Cancel once the plugin is inside its polling loop (it emits `waiting` first).
+    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the plugin started waiting")
+        .expect("an event");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(first.as_json()).unwrap(),
+        json!({"type": "waiting"})
+    );
+    let cancelled_at = Instant::now();
+    trigger.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the task ended")
+        .unwrap();
+    let took = cancelled_at.elapsed();
+    assert_eq!(outcome.status, TaskStatus::Cancelled, "{outcome:?}");
+    // The C plugin's own words: it saw the flag and returned, it was not abandoned.
+    assert_eq!(
+        outcome.failure_reason.as_deref(),
+        Some("cancelled by the host"),
+        "{outcome:?}"
+    );
+    // Promptly: the plugin polls every millisecond, its own loop would run for 60 s.
+    assert!(
+        took < Duration::from_secs(5),
+        "the plugin took {took:?} to notice the cancellation"
+    );
 }
 
 #[test]

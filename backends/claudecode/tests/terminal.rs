@@ -50,7 +50,11 @@ impl Client {
     async fn read_until(&mut self, needle: &str) {
         let deadline = tokio::time::Instant::now() + LIMIT;
         let mut buf = vec![0u8; 1 << 20];
-        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+        // Only the bytes that arrived since the last look (plus an overlap) are searched, so
+        // draining a lot of output stays linear.
+        let mut from = 0;
+        while !contains(&self.seen[from..], needle.as_bytes()) {
+            from = self.seen.len().saturating_sub(needle.len());
             let n = tokio::time::timeout_at(deadline, self.io.read(&mut buf))
                 .await
                 .unwrap_or_else(|_| {
@@ -91,6 +95,10 @@ impl Client {
                 .extend(buf[..n].iter().copied().filter(|&b| b != FRAME_DATA));
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn wait_status(backend: &ClaudeCodeBackend, what: impl Fn(&TerminalStatus) -> bool) {
@@ -204,4 +212,114 @@ async fn missing_program_fails_the_attach() {
     let (_ours, theirs) = tokio::io::duplex(1024);
     let err = backend.attach_terminal(Box::new(theirs)).await.unwrap_err();
     assert!(err.to_string().contains("nothing-here"), "{err}");
+}
+
+/// The replay buffer keeps the NEWEST 256 KiB: after far more output, a new attach receives
+/// one frame of exactly that much, ending with the last bytes written and without the start.
+/// The PTY program is also started bare: no arguments at all.
+#[tokio::test]
+async fn replay_is_bounded_to_the_newest_256_kib_and_the_program_gets_no_arguments() {
+    const REPLAY: usize = 256 * 1024;
+    const LINES: u32 = 20_000;
+    support::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stand-in");
+    // Reports its arguments, waits for a go, floods ~1.2 MiB of numbered lines between two
+    // markers, then waits (still running) for input that never comes.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"argc=$# argv=[$*] ready\"\n\
+             read go\n\
+             echo FIRST-MARKER\n\
+             seq -f 'line %08g abcdefghijklmnopqrstuvwxyz0123456789' 1 {LINES}\n\
+             echo LAST-MARKER\n\
+             read never\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backend = backend_running(script, dir.path().to_path_buf());
+
+    let mut first = Client::attach(&backend);
+    first.read_until("ready").await;
+    let hello = String::from_utf8_lossy(&first.seen).into_owned();
+    assert!(
+        hello.contains("argc=0 argv=[] ready"),
+        "the PTY program is started with no arguments: {hello:?}"
+    );
+
+    first.send(FRAME_DATA, b"go\n").await;
+    first.read_until("LAST-MARKER\r\n").await;
+    let written = first.seen.len();
+    assert!(
+        written > 3 * REPLAY,
+        "the program wrote well over the replay size: {written} bytes"
+    );
+    assert!(contains(&first.seen, b"FIRST-MARKER"));
+
+    // Nothing is written after LAST-MARKER: a new attach gets the replay frame, and only it.
+    let mut second = Client::attach(&backend);
+    first.wait_closed().await;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !raw.ends_with(b"LAST-MARKER\r\n") {
+        let n = tokio::time::timeout_at(deadline, second.io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no end of the replay in time; got {} bytes", raw.len()))
+            .unwrap();
+        assert!(n > 0, "stream closed after {} bytes", raw.len());
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(raw[0], FRAME_DATA, "the replay is one data frame");
+    let replay = &raw[1..];
+    assert!(
+        !replay.contains(&FRAME_DATA),
+        "the replay arrives as a single frame"
+    );
+    assert!(
+        replay.len() <= REPLAY,
+        "the replay is at most 256 KiB: {} bytes",
+        replay.len()
+    );
+    // More than 256 KiB was written, so the buffer is full.
+    assert_eq!(replay.len(), REPLAY, "the replay buffer is kept full");
+    // The newest output: it ends with the last bytes written, the oldest are gone.
+    assert!(
+        replay.ends_with(
+            format!("line {LINES:08} abcdefghijklmnopqrstuvwxyz0123456789\r\nLAST-MARKER\r\n")
+                .as_bytes()
+        )
+    );
+    assert!(
+        !contains(replay, b"FIRST-MARKER"),
+        "the oldest output is dropped"
+    );
+    assert!(
+        !contains(replay, b"line 00000001 "),
+        "the oldest output is dropped"
+    );
+    assert!(!contains(replay, b"ready"), "the oldest output is dropped");
+    // And it is one contiguous tail: every whole line follows the previous one.
+    let text = String::from_utf8(replay.to_vec()).unwrap();
+    let numbers: Vec<u32> = text
+        .split("\r\n")
+        .skip(1) // the first line is cut by the buffer boundary
+        .filter_map(|l| l.strip_prefix("line "))
+        .map(|l| l[..8].parse().unwrap())
+        .collect();
+    assert!(numbers.len() > 4000, "{} whole lines", numbers.len());
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "the replay is a contiguous tail of the output"
+    );
+    assert_eq!(numbers.last(), Some(&LINES));
+    // The same process all along: the replay was not of a restarted program.
+    assert_eq!(backend.terminal_status().starts, 1);
+
+    backend.shutdown().await;
+    second.wait_closed().await;
+    let _ = tokio::time::timeout(LIMIT, second.handler).await;
 }

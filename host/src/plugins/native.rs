@@ -142,7 +142,8 @@ fn check_elf(path: &Path) -> Result<(), PluginError> {
     let len = bytes.len() as u64;
     let truncated = |what: &str| {
         refuse(format!(
-            "truncated file ({len} bytes): {what} lies past its end"
+            "truncated file ({len} bytes): {what} lies past its end; the copy is incomplete \
+             or damaged, so copy or rebuild the plugin library again"
         ))
     };
     let (is64, little) = match (bytes.get(4), bytes.get(5)) {

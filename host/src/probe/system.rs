@@ -182,14 +182,40 @@ pub struct SystemReport {
     pub timings: BTreeMap<String, ProbeTiming>,
 }
 
+/// One part's collector: runs on its own blocking thread.
+type Collector<T> = Box<dyn FnOnce() -> Result<T, String> + Send>;
+
+/// The four collectors [`collect`] runs; tests swap in slow or failing ones.
+struct Collectors {
+    host: Collector<HostInfo>,
+    cpu: Collector<CpuInfo>,
+    memory: Collector<MemoryInfo>,
+    disk: Collector<DiskInfo>,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Self {
+            host: Box::new(host_info),
+            cpu: Box::new(cpu_info),
+            memory: Box::new(memory_info),
+            disk: Box::new(disk_info),
+        }
+    }
+}
+
 /// Collects the four parts concurrently; each must finish within `budget`.
 pub async fn collect(budget: Duration) -> SystemReport {
+    collect_with(budget, Collectors::default()).await
+}
+
+async fn collect_with(budget: Duration, collectors: Collectors) -> SystemReport {
     let deadline = tokio::time::Instant::now() + budget;
     let (host, cpu, memory, disk) = tokio::join!(
-        part(deadline, host_info),
-        part(deadline, cpu_info),
-        part(deadline, memory_info),
-        part(deadline, disk_info),
+        part(deadline, collectors.host),
+        part(deadline, collectors.cpu),
+        part(deadline, collectors.memory),
+        part(deadline, collectors.disk),
     );
     let mut report = SystemReport::default();
     let mut keep = |key: &str, timing: ProbeTiming| {
@@ -210,7 +236,7 @@ pub async fn collect(budget: Duration) -> SystemReport {
 
 async fn part<T: Send + 'static>(
     deadline: tokio::time::Instant,
-    collect: fn() -> Result<T, String>,
+    collect: Collector<T>,
 ) -> (Option<T>, ProbeTiming) {
     let started = Instant::now();
     let handle = tokio::task::spawn_blocking(collect);
@@ -573,6 +599,113 @@ fn fstype(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memory part with recognisable values.
+    fn fake_memory() -> Result<MemoryInfo, String> {
+        Ok(MemoryInfo {
+            total: 4096,
+            ..MemoryInfo::default()
+        })
+    }
+
+    /// A disk part with recognisable values.
+    fn fake_disk() -> Result<DiskInfo, String> {
+        Ok(DiskInfo {
+            path: "/fake".into(),
+            ..DiskInfo::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_slow_part_is_cut_at_the_budget_and_a_failing_one_omitted() {
+        // The slow part blocks until the test releases it (or 30 s): far past the budget, yet
+        // it must not keep the test's runtime from shutting down once released.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let collectors = Collectors {
+            host: Box::new(move || {
+                let _ = entered_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+                Ok(HostInfo {
+                    hostname: "invented-after-the-deadline".into(),
+                    ..HostInfo::default()
+                })
+            }),
+            cpu: Box::new(|| Err("no CPU listed (injected)".into())),
+            memory: Box::new(fake_memory),
+            disk: Box::new(fake_disk),
+        };
+        let budget = Duration::from_millis(300);
+        let started = Instant::now();
+        let report = collect_with(budget, collectors).await;
+        let elapsed = started.elapsed();
+        entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the slow part ran");
+
+        assert!(
+            elapsed >= budget.saturating_sub(Duration::from_millis(20)),
+            "returned before the budget although a part was still running: {elapsed:?}"
+        );
+        assert!(
+            elapsed < budget + Duration::from_secs(2),
+            "collection blocked past its budget: {elapsed:?}"
+        );
+
+        // The slow part: omitted, recorded as a timeout.
+        assert!(report.info.host.is_none(), "{:?}", report.info.host);
+        let host = &report.timings["system: host"];
+        assert_eq!(host.outcome, ProbeOutcome::Timeout, "{host:?}");
+        assert!(host.millis < 2_300, "{host:?}");
+
+        // The failing part: omitted, with its error kept for diagnosis.
+        assert!(report.info.cpu.is_none(), "{:?}", report.info.cpu);
+        let cpu = &report.timings["system: cpu"];
+        assert_eq!(cpu.outcome, ProbeOutcome::Failed, "{cpu:?}");
+        assert_eq!(cpu.detail.as_deref(), Some("no CPU listed (injected)"));
+
+        // The others: present, exactly as their collectors returned them.
+        assert_eq!(report.info.memory.as_ref().map(|m| m.total), Some(4096));
+        assert_eq!(
+            report.info.disk.as_ref().map(|d| d.path.as_str()),
+            Some("/fake")
+        );
+        assert_eq!(report.timings["system: memory"].outcome, ProbeOutcome::Ok);
+        assert_eq!(report.timings["system: disk"].outcome, ProbeOutcome::Ok);
+        assert_eq!(report.timings.len(), 4);
+
+        // Released late, the slow part's value is dropped, never reported.
+        drop(release);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_part_is_omitted_and_the_others_kept() {
+        let collectors = Collectors {
+            host: Box::new(|| panic!("injected panic")),
+            cpu: Box::new(|| {
+                Ok(CpuInfo {
+                    count_logical: 3,
+                    ..CpuInfo::default()
+                })
+            }),
+            memory: Box::new(fake_memory),
+            disk: Box::new(|| Err("statvfs /: injected".into())),
+        };
+        let report = collect_with(Duration::from_secs(10), collectors).await;
+        assert!(report.info.host.is_none());
+        let host = &report.timings["system: host"];
+        assert_eq!(host.outcome, ProbeOutcome::Failed, "{host:?}");
+        assert!(
+            host.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("panicked")),
+            "{host:?}"
+        );
+        assert!(report.info.disk.is_none());
+        assert_eq!(report.timings["system: disk"].outcome, ProbeOutcome::Failed);
+        assert_eq!(report.info.cpu.map(|c| c.count_logical), Some(3));
+        assert_eq!(report.info.memory.map(|m| m.total), Some(4096));
+    }
 
     #[test]
     fn cpuinfo_stanzas() {
