@@ -548,6 +548,16 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
 
 #[tokio::test]
 async fn rejected_token_is_reported_and_retried() {
+    // Capture the host's log: a reason that repeats is logged once at WARN, not per attempt.
+    let log = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("agentserver=debug")
+        .with_ansi(false)
+        .with_writer({
+            let log = Arc::clone(&log);
+            move || CaptureWriter(Arc::clone(&log))
+        })
+        .try_init();
     let local = start_local_server().await;
     let mock = agentserver_mock::MockServer::start(mock_config())
         .await
@@ -600,6 +610,33 @@ async fn rejected_token_is_reported_and_retried() {
     assert!(attempts >= 3);
     cancel.cancel();
     timeout(T, handle).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("tunnel token rejected"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for a repeated reason:\n{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("DEBUG") && l.contains("tunnel attempt failed again"))
+            .count()
+            >= 2,
+        "later attempts at debug level:\n{text}"
+    );
+    assert!(!text.contains(&"0".repeat(32)), "token in the log:\n{text}");
+}
+
+/// A `tracing` writer into a shared buffer.
+struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Garbage from the server never panics the host: the session (or only the stream) is
