@@ -15,6 +15,7 @@ Examples:
   agentserver                             # = agentserver run --backend claudecode
   agentserver run --backend opencode
   agentserver --continue                  # resume the last session of this directory
+  agentserver --resume SANDBOX_ID         # resume a session with the backend it registered
   agentserver info                        # what the server will learn about this machine
 
 Files live in ~/.agentserver (AGENTSERVER_HOME overrides). Logs go to stderr: -v or RUST_LOG.";
@@ -25,7 +26,8 @@ pub const DEFAULT_SERVER: &str = "https://agent.cs.ac.cn";
 /// Turn this machine into a worker for an agentserver server.
 ///
 /// With no subcommand, `agentserver` is `agentserver run --backend claudecode`: it logs in if
-/// needed, registers a sandbox, holds the tunnel and runs the tasks the server sends.
+/// needed, registers a sandbox, holds the tunnel and runs the tasks the server sends. With
+/// `--resume`, the sandbox's own backend runs (with its default options).
 #[derive(Debug, Parser)]
 #[command(
     name = "agentserver",
@@ -137,8 +139,24 @@ pub struct ClaudeArgs {
     pub claude_bin: Option<PathBuf>,
     /// Fail a task whose `claude` printed nothing for this many seconds (a stalled stream)
     /// [default: 900].
-    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    #[arg(long, value_parser = parse_positive_seconds, value_name = "SECONDS")]
     pub claude_idle_timeout: Option<Duration>,
+}
+
+impl ClaudeArgs {
+    /// The Claude Code backend's configuration for tasks in `workdir`.
+    pub fn config(
+        &self,
+        workdir: &std::path::Path,
+    ) -> agentserver_backend_claudecode::ClaudeCodeConfig {
+        let defaults = agentserver_backend_claudecode::ClaudeCodeConfig::default();
+        agentserver_backend_claudecode::ClaudeCodeConfig {
+            claude_bin: self.claude_bin.clone(),
+            workdir: workdir.to_path_buf(),
+            idle_timeout: self.claude_idle_timeout.unwrap_or(defaults.idle_timeout),
+            ..defaults
+        }
+    }
 }
 
 /// opencode backend options.
@@ -391,6 +409,15 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Like [`parse_seconds`], but zero is refused (a timeout of zero would fail every task).
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let duration = parse_seconds(text)?;
+    if duration.is_zero() {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,5 +511,8 @@ mod tests {
         assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("-1").is_err());
+        assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
+        assert!(parse_positive_seconds("0").is_err());
+        assert_eq!(parse_positive_seconds("2").unwrap(), Duration::from_secs(2));
     }
 }

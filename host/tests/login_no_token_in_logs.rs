@@ -60,6 +60,7 @@ async fn login_register_and_refresh_log_no_token() {
         server: Some(&server),
         name: Some("leak-check"),
         session_type: "claudecode",
+        backend: None,
         cwd: &cwd,
     };
     let (guard, origin) = tokio::time::timeout(

@@ -68,6 +68,7 @@ async fn a_new_host_delivers_an_old_sessions_statuses() {
             dir: dir.path().to_string_lossy().into_owned(),
             created_at: chrono::Utc::now().fixed_offset(),
             pid: None,
+            backend: None,
         })
         .unwrap();
     // `save` stamps our pid; the old host is gone, so clear it as its exit would have.

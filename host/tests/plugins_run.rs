@@ -96,7 +96,7 @@ async fn a_native_plugin_serves_tasks_and_a_stuck_one_cannot_block_exit() {
             let _ = child.kill();
             panic!("agentserver did not exit 30 s after SIGTERM with a stuck plugin");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "exit {status:?}");
     let record = mock.task(&stuck).unwrap();

@@ -99,7 +99,7 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20)).await;
     let mut stdout = String::new();
     child
         .stdout
@@ -162,7 +162,8 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
     }
 }
 
-fn wait_with_timeout(
+/// Waits for the child without blocking a runtime thread (the mock serves on this runtime).
+async fn wait_with_timeout(
     child: &mut std::process::Child,
     timeout: Duration,
 ) -> std::process::ExitStatus {
@@ -175,7 +176,7 @@ fn wait_with_timeout(
             let _ = child.kill();
             panic!("agentserver did not exit within {timeout:?} after SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -240,7 +241,11 @@ async fn register_card_is_posted_and_resume_keeps_the_sandbox_type() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(wait_with_timeout(&mut child, Duration::from_secs(20)).success());
+    assert!(
+        wait_with_timeout(&mut child, Duration::from_secs(20))
+            .await
+            .success()
+    );
 
     // The sandbox is a claudecode sandbox: `--backend opencode` cannot take it over.
     let refused = agentserver(&["run", "--backend", "opencode", "--resume", &sandbox.id])

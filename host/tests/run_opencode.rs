@@ -153,7 +153,9 @@ fn drain(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     out
 }
 
-fn wait_with_timeout(
+/// Waits for the child without blocking a runtime thread (the mock serves on this runtime
+/// and the host talks to it while it drains).
+async fn wait_with_timeout(
     child: &mut std::process::Child,
     timeout: Duration,
 ) -> Option<std::process::ExitStatus> {
@@ -165,7 +167,7 @@ fn wait_with_timeout(
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -416,6 +418,7 @@ async fn run_with_the_real_opencode_serves_a_task_and_stops_opencode_on_sigterm(
     )
     .unwrap();
     let status = wait_with_timeout(&mut child.0, Duration::from_secs(30))
+        .await
         .unwrap_or_else(|| panic!("agentserver did not exit after SIGTERM\n{}", logs()));
     let stop_time = stopping.elapsed();
     assert!(status.success(), "exit {status:?}\n{}", logs());
@@ -432,7 +435,7 @@ async fn run_with_the_real_opencode_serves_a_task_and_stops_opencode_on_sigterm(
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stdout.lock().unwrap().contains("To resume this session") {
         assert!(Instant::now() < deadline, "{}", logs());
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = stdout.lock().unwrap().clone();
     assert!(out.contains("Agent disconnected."), "{}", logs());

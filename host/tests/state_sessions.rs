@@ -165,6 +165,7 @@ fn request<'a>(cwd: &'a std::path::Path, ty: &'a str) -> SessionRequest<'a> {
         server: None,
         name: None,
         session_type: ty,
+        backend: None,
         cwd,
     }
 }

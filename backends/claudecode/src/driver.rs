@@ -401,9 +401,13 @@ async fn supervise(
             );
         }
         let mut outcome = result.to_outcome();
-        // A failed result says why; what the CLI wrote to stderr may say more.
+        // An API error's result says which status; what the CLI wrote to stderr (retries,
+        // the proxy's answer) may say more. Turn or budget limits need nothing more.
         if outcome.status == TaskStatus::Failed
+            && result.is_api_error()
             && let Some(reason) = outcome.failure_reason.as_mut()
+            && !stderr_tail.is_empty()
+            && !reason.contains(stderr_tail.trim_start_matches("; stderr: "))
         {
             reason.push_str(&stderr_tail);
         }

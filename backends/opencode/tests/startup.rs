@@ -189,14 +189,14 @@ async fn no_listening_line_in_time_fails_start_and_kills_it() {
         ),
     );
     let mut config = config(bin, dir.path());
-    config.ready_timeout = Duration::from_millis(1000);
+    config.ready_timeout = Duration::from_millis(3000);
     let backend = OpencodeBackend::new(config);
     let err = tokio::time::timeout(LIMIT, backend.start())
         .await
         .expect("start ended in time")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no \"listening\" line within 1s"), "{err}");
+    assert!(err.contains("no \"listening\" line within 3s"), "{err}");
     let pid = read_pid(&dir.path().join("pid"));
     // Killed and reaped before `start` returned.
     assert!(!alive(pid), "the stand-in {pid} was left running");

@@ -5,6 +5,11 @@
 //! polls; the interval is the server's, floored at 1 s (v0.49+); `slow_down` adds 5 s; a
 //! network error is retried silently in the next round; `access_denied` and `expired_token`
 //! end with distinct messages.
+//!
+//! One deliberate difference: a gateway answer without an OAuth `error` body (502, 503, 504)
+//! is retried like a network error, and a 429 widens the interval like `slow_down`; after
+//! [`MAX_TRANSIENT_FAILURES`] such answers in a row the login ends with the last one, so a
+//! broken server is reported instead of polled until the code expires.
 
 use std::time::Duration;
 
@@ -195,6 +200,15 @@ pub async fn request_device_code(
     Ok(auth)
 }
 
+/// Gateway answers to a token poll, in a row, after which the login gives up.
+pub const MAX_TRANSIENT_FAILURES: u32 = 10;
+
+/// Whether a token-poll answer without an OAuth `error` body is worth another round: a
+/// gateway's 502/503/504 or a 429 (a 500 or 501 from the server itself is not).
+fn is_transient(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502..=504)
+}
+
 /// Step 3: polls `POST {server}/api/oauth2/token` until the user approves, denies, or the code
 /// expires (see the module doc for the exact loop).
 pub async fn poll_for_token(
@@ -206,6 +220,7 @@ pub async fn poll_for_token(
     let url = format!("{}/api/oauth2/token", normalize_server_url(server));
     let mut interval = auth.poll_interval();
     let deadline = Instant::now() + auth.lifetime();
+    let mut transient_failures = 0u32;
     loop {
         if Instant::now() >= deadline {
             return Err(LoginError::Expired);
@@ -248,6 +263,9 @@ pub async fn poll_for_token(
         let error = serde_json::from_slice::<OAuthErrorBody>(&body)
             .unwrap_or_default()
             .error;
+        if !error.is_empty() {
+            transient_failures = 0;
+        }
         match error.as_str() {
             "authorization_pending" => {
                 tracing::trace!("authorization pending");
@@ -260,11 +278,26 @@ pub async fn poll_for_token(
             }
             "access_denied" => return Err(LoginError::Denied),
             "expired_token" => return Err(LoginError::Expired),
-            // A gateway hiccup (502/503/504, 429) without an OAuth error body is transient:
-            // retried like a network error instead of ending the login (upstream fails).
-            "" if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                tracing::debug!(%status, "token poll: transient server error; retrying");
-                ui.poll_event(&PollEvent::NetworkError);
+            // A gateway hiccup without an OAuth error body is transient: retried instead of
+            // ending the login (upstream fails), up to a limit.
+            "" if is_transient(status) => {
+                transient_failures += 1;
+                if transient_failures >= MAX_TRANSIENT_FAILURES {
+                    return Err(LoginError::Token(format!(
+                        "the token endpoint failed {transient_failures} times in a row; last \
+                         answer ({status}): {}",
+                        short_body(&body)
+                    )));
+                }
+                if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    interval += SLOW_DOWN_STEP;
+                    tracing::debug!(?interval, "token poll: 429; slowing down");
+                    ui.poll_event(&PollEvent::SlowDown { interval });
+                } else {
+                    tracing::debug!(%status, "token poll: gateway error; retrying");
+                    ui.poll_event(&PollEvent::NetworkError);
+                }
+                continue;
             }
             "" => {
                 return Err(LoginError::Token(format!(
@@ -321,6 +354,22 @@ pub async fn login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_gateway_answers_and_429_are_transient() {
+        for code in [429u16, 502, 503, 504] {
+            assert!(
+                is_transient(reqwest::StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [400u16, 401, 404, 500, 501, 505] {
+            assert!(
+                !is_transient(reqwest::StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+    }
 
     fn auth(interval: i64, expires_in: i64) -> DeviceAuthorization {
         DeviceAuthorization {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentserver::plugins::{self, PluginOptions};
-use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_backend_claudecode::ClaudeCodeBackend;
 use agentserver_backend_opencode::{OpencodeBackend, OpencodeConfig, Token};
 use agentserver_plugin_api::Backend;
 use anyhow::{Context, Result};
@@ -29,16 +29,7 @@ pub struct BackendChoice<'a> {
 pub fn build(choice: &BackendChoice<'_>) -> Result<Arc<dyn Backend>> {
     match choice.name {
         "claudecode" => {
-            let defaults = ClaudeCodeConfig::default();
-            let config = ClaudeCodeConfig {
-                claude_bin: choice.claude.claude_bin.clone(),
-                workdir: choice.workdir.to_path_buf(),
-                idle_timeout: choice
-                    .claude
-                    .claude_idle_timeout
-                    .unwrap_or(defaults.idle_timeout),
-                ..defaults
-            };
+            let config = choice.claude.config(choice.workdir);
             Ok(Arc::new(ClaudeCodeBackend::new(config)))
         }
         "opencode" => opencode(choice),

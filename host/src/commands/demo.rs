@@ -102,6 +102,7 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
         server: Some(&url),
         name: Some("agentserver-demo"),
         session_type: info.session_type.as_str(),
+        backend: Some(info.name.as_str()),
         cwd: &cwd,
     };
     let (guard, _) =

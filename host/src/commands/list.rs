@@ -135,6 +135,7 @@ mod tests {
             dir: dir.into(),
             created_at: rfc3339::now_local(),
             pid,
+            backend: None,
         }
     }
 

@@ -23,7 +23,11 @@ pub mod plugins;
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => run(root_as_run(cli.root)).await,
-        Some(Command::Claudecode(root)) => run(root_as_run(root)).await,
+        Some(Command::Claudecode(root)) => {
+            let mut args = root_as_run(root);
+            args.backend = Some("claudecode".into());
+            run(args).await
+        }
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Connect(mut args)) => {
             args.backend = Some("opencode".into());

@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         server: args.session.server.as_deref(),
         name: args.session.name.as_deref(),
         session_type: info.session_type.as_str(),
+        backend: Some(backend_name.as_str()),
         cwd: &cwd,
     };
     let chosen = choose_session(&request, &store, &auth, &ui, &login_cancel).await;
@@ -208,16 +209,32 @@ fn choose_backend_name(
     resume: Option<&str>,
     store: &SessionStore,
 ) -> Result<String> {
-    let resumed_type = resume.and_then(|id| store.load(id).ok().map(|s| (id, s.session_type)));
-    backend_for_session(
-        requested,
-        resumed_type.as_ref().map(|(id, t)| (*id, t.as_str())),
-    )
+    let session = resume.and_then(|id| store.load(id).ok());
+    let resumed = session.as_ref().map(|s| Resumed {
+        id: &s.sandbox_id,
+        session_type: &s.session_type,
+        backend: s.backend.as_deref(),
+    });
+    backend_for_session(requested, resumed)
 }
 
-/// The pure rule behind [`choose_backend_name`]; `resumed` is `(sandbox id, session type)`.
-fn backend_for_session(requested: Option<&str>, resumed: Option<(&str, &str)>) -> Result<String> {
-    let Some((id, session_type)) = resumed else {
+/// What [`backend_for_session`] needs to know of the session being resumed.
+#[derive(Clone, Copy)]
+struct Resumed<'a> {
+    id: &'a str,
+    session_type: &'a str,
+    /// The backend recorded at registration (absent in older and upstream session files).
+    backend: Option<&'a str>,
+}
+
+/// The pure rule behind [`choose_backend_name`].
+fn backend_for_session(requested: Option<&str>, resumed: Option<Resumed<'_>>) -> Result<String> {
+    let Some(Resumed {
+        id,
+        session_type,
+        backend: recorded,
+    }) = resumed
+    else {
         return Ok(requested
             .unwrap_or(SessionType::Claudecode.as_str())
             .to_owned());
@@ -227,20 +244,32 @@ fn backend_for_session(requested: Option<&str>, resumed: Option<(&str, &str)>) -
         .find(|t| t.as_str() == session_type);
     match (requested, builtin) {
         (None, Some(t)) => Ok(t.as_str().to_owned()),
-        (None, None) => anyhow::bail!(
-            "sandbox {id} was registered as type `{session_type}` (a plugin backend); \
-             say which plugin runs it: agentserver run --backend NAME --resume {id}"
-        ),
         (Some(name), Some(t)) if name != t.as_str() => anyhow::bail!(
             "sandbox {id} was registered as type `{session_type}`, not `{name}`; \
              resume it with: {}",
             resume_hint(t.as_str(), id)
         ),
-        (Some(name), None) if name == "claudecode" || name == "opencode" => anyhow::bail!(
-            "sandbox {id} was registered as type `{session_type}` (a plugin backend), not \
-             `{name}`; resume it with: agentserver run --backend PLUGIN --resume {id}"
-        ),
-        (Some(name), _) => Ok(name.to_owned()),
+        (Some(name), Some(_)) => Ok(name.to_owned()),
+        // A plugin's sandbox (type `custom`): the recorded plugin, when there is one.
+        (None, None) => match recorded {
+            Some(plugin) => Ok(plugin.to_owned()),
+            None => anyhow::bail!(
+                "sandbox {id} was registered as type `{session_type}` (a plugin backend); \
+                 say which plugin runs it: agentserver run --backend NAME --resume {id}"
+            ),
+        },
+        (Some(name), None) => match recorded {
+            Some(plugin) if plugin != name => anyhow::bail!(
+                "sandbox {id} belongs to the plugin `{plugin}`, not `{name}`; resume it \
+                 with: {}",
+                resume_hint(plugin, id)
+            ),
+            None if name == "claudecode" || name == "opencode" => anyhow::bail!(
+                "sandbox {id} was registered as type `{session_type}` (a plugin backend), \
+                 not `{name}`; resume it with: agentserver run --backend PLUGIN --resume {id}"
+            ),
+            _ => Ok(name.to_owned()),
+        },
     }
 }
 
@@ -270,7 +299,15 @@ fn absolute_workdir(cwd: &Path, work_dir: Option<&Path>) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::backend_for_session;
+    use super::{Resumed, backend_for_session};
+
+    fn resumed<'a>(session_type: &'a str, backend: Option<&'a str>) -> Option<Resumed<'a>> {
+        Some(Resumed {
+            id: "sb1",
+            session_type,
+            backend,
+        })
+    }
 
     #[test]
     fn a_new_session_runs_the_requested_backend_or_claudecode() {
@@ -282,41 +319,47 @@ mod tests {
     }
 
     #[test]
-    fn a_resumed_session_follows_its_registered_type() {
+    fn a_resumed_session_follows_its_registered_type_and_plugin() {
+        let ok = |requested, session_type, backend| {
+            backend_for_session(requested, resumed(session_type, backend)).unwrap()
+        };
+        assert_eq!(ok(None, "opencode", None), "opencode");
         assert_eq!(
-            backend_for_session(None, Some(("sb1", "opencode"))).unwrap(),
+            ok(Some("opencode"), "opencode", Some("opencode")),
             "opencode"
         );
+        assert_eq!(ok(None, "custom", Some("my-plugin")), "my-plugin");
         assert_eq!(
-            backend_for_session(Some("opencode"), Some(("sb1", "opencode"))).unwrap(),
-            "opencode"
-        );
-        assert_eq!(
-            backend_for_session(Some("my-plugin"), Some(("sb1", "custom"))).unwrap(),
+            ok(Some("my-plugin"), "custom", Some("my-plugin")),
             "my-plugin"
         );
+        // Sessions written before the plugin was recorded (or by upstream).
+        assert_eq!(ok(Some("my-plugin"), "custom", None), "my-plugin");
     }
 
     #[test]
     fn a_contradicting_backend_is_refused_with_the_command_to_run() {
-        let err = backend_for_session(Some("claudecode"), Some(("sb1", "opencode")))
-            .unwrap_err()
-            .to_string();
+        let err = |requested, session_type, backend| {
+            backend_for_session(requested, resumed(session_type, backend))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(Some("claudecode"), "opencode", None);
         assert!(
-            err.contains("agentserver run --backend opencode --resume sb1"),
-            "{err}"
+            e.contains("agentserver run --backend opencode --resume sb1"),
+            "{e}"
         );
-        let err = backend_for_session(Some("my-plugin"), Some(("sb1", "claudecode")))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("agentserver --resume sb1"), "{err}");
-        let err = backend_for_session(Some("opencode"), Some(("sb1", "custom")))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--backend PLUGIN --resume sb1"), "{err}");
-        let err = backend_for_session(None, Some(("sb1", "custom")))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--backend NAME --resume sb1"), "{err}");
+        let e = err(Some("my-plugin"), "claudecode", None);
+        assert!(e.contains("agentserver --resume sb1"), "{e}");
+        let e = err(Some("opencode"), "custom", None);
+        assert!(e.contains("--backend PLUGIN --resume sb1"), "{e}");
+        let e = err(None, "custom", None);
+        assert!(e.contains("--backend NAME --resume sb1"), "{e}");
+        let e = err(Some("other-plugin"), "custom", Some("my-plugin"));
+        assert!(
+            e.contains("plugin `my-plugin`")
+                && e.contains("agentserver run --backend my-plugin --resume sb1"),
+            "{e}"
+        );
     }
 }

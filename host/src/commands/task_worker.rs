@@ -7,7 +7,7 @@ use std::sync::Arc;
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::intake::{Intake, IntakeConfig};
 use agentserver::state::registry::RegistryFile;
-use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_backend_claudecode::ClaudeCodeBackend;
 use agentserver_plugin_api::Backend;
 use anyhow::{Context, Result, bail};
 
@@ -56,16 +56,7 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
         None => cwd,
     };
 
-    let defaults = ClaudeCodeConfig::default();
-    let backend = Arc::new(ClaudeCodeBackend::new(ClaudeCodeConfig {
-        claude_bin: args.claude.claude_bin,
-        workdir: workdir.clone(),
-        idle_timeout: args
-            .claude
-            .claude_idle_timeout
-            .unwrap_or(defaults.idle_timeout),
-        ..defaults
-    }));
+    let backend = Arc::new(ClaudeCodeBackend::new(args.claude.config(&workdir)));
     backend
         .start()
         .await

@@ -30,6 +30,9 @@ pub struct SessionRequest<'a> {
     pub name: Option<&'a str>,
     /// The session type: `claudecode`, `opencode`, or a plugin's type.
     pub session_type: &'a str,
+    /// The backend's name (a plugin's name for `custom`): recorded in new sessions, and
+    /// `--continue` skips sessions recorded for another backend.
+    pub backend: Option<&'a str>,
     /// The process's working directory (upstream matches `--continue` on it, not on
     /// `--work-dir`; quirk 2, kept so sessions written by the upstream agent are found).
     pub cwd: &'a Path,
@@ -131,7 +134,7 @@ pub async fn choose_session(
     let cwd = request.cwd.to_string_lossy().into_owned();
     if request.continue_latest {
         let lock = lock_store(store).await?;
-        let session = match store.find_latest_session(&cwd, request.session_type) {
+        let session = match store.find_latest_session(&cwd, request.session_type, request.backend) {
             Ok(s) => s,
             Err(StateError::NoResumableSession) => {
                 return Err(ChooseError::NothingToContinue {
@@ -181,6 +184,7 @@ pub async fn choose_session(
         dir: cwd,
         created_at: rfc3339::now_local(),
         pid: None,
+        backend: request.backend.map(str::to_owned),
     };
     let lock = lock_store(store).await?;
     let guard = SessionGuard::acquire(store.clone(), session)?;

@@ -47,6 +47,11 @@ pub struct Session {
     /// Pid of the process running the session; absent (or ≤ 0) when none does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// The backend that registered the sandbox (`claudecode`, `opencode` or a plugin's name).
+    /// Our extension, absent from upstream's files: every plugin registers as type `custom`,
+    /// so only this tells which plugin a `custom` sandbox belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 fn epoch() -> DateTime<FixedOffset> {
@@ -189,17 +194,20 @@ impl SessionStore {
 
     /// `FindLatestSession(dir, type)`: the newest session (by `createdAt`) whose `dir` equals
     /// `dir` (exact string; empty matches any), whose type equals `session_type` (empty
-    /// matches any) and that no live process runs.
+    /// matches any) and that no live process runs. With `backend`, a session that records
+    /// another backend is skipped (sessions that record none, as upstream's, still match).
     pub fn find_latest_session(
         &self,
         dir: &str,
         session_type: &str,
+        backend: Option<&str>,
     ) -> Result<Session, StateError> {
         self.list()?
             .into_iter()
             .find(|s| {
                 (dir.is_empty() || s.dir == dir)
                     && (session_type.is_empty() || s.session_type == session_type)
+                    && (backend.is_none() || s.backend.is_none() || s.backend.as_deref() == backend)
                     && !s.is_alive()
             })
             .ok_or(StateError::NoResumableSession)
@@ -309,6 +317,7 @@ mod tests {
             dir: dir.into(),
             created_at: super::super::rfc3339::parse(created).unwrap(),
             pid: None,
+            backend: None,
         }
     }
 
@@ -390,17 +399,17 @@ mod tests {
         store.save(&live).unwrap();
         assert_eq!(
             store
-                .find_latest_session("/p", "claudecode")
+                .find_latest_session("/p", "claudecode", None)
                 .unwrap()
                 .sandbox_id,
             "new"
         );
         assert_eq!(
-            store.find_latest_session("", "").unwrap().sandbox_id,
+            store.find_latest_session("", "", None).unwrap().sandbox_id,
             "other-dir"
         );
         assert!(matches!(
-            store.find_latest_session("/p", "opencode"),
+            store.find_latest_session("/p", "opencode", None),
             Err(StateError::NoResumableSession)
         ));
         std::fs::write(tmp.path().join("junk.json"), b"{not json").unwrap();

@@ -84,5 +84,6 @@ pub fn session(id: &str, dir: &str, ty: &str, created: &str, pid: Option<i32>) -
         dir: dir.to_owned(),
         created_at: rfc3339::parse(created).unwrap(),
         pid,
+        backend: None,
     }
 }

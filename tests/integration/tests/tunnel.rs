@@ -549,15 +549,18 @@ async fn reconnects_on_the_backoff_schedule_and_resends_agent_info() {
 #[tokio::test]
 async fn rejected_token_is_reported_and_retried() {
     // Capture the host's log: a reason that repeats is logged once at WARN, not per attempt.
+    // The subscriber is this thread's only, and this test runs on one thread (the default
+    // current-thread runtime), so other tests' logs cannot mix in.
     let log = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let _ = tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter("agentserver=debug")
         .with_ansi(false)
         .with_writer({
             let log = Arc::clone(&log);
             move || CaptureWriter(Arc::clone(&log))
         })
-        .try_init();
+        .finish();
+    let _log_guard = tracing::subscriber::set_default(subscriber);
     let local = start_local_server().await;
     let mock = agentserver_mock::MockServer::start(mock_config())
         .await

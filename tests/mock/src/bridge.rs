@@ -902,7 +902,8 @@ async fn pump(
                     (e.sequence_num, Bytes::from(frame))
                 })
                 .collect();
-            (frames, session.events.len() as u64)
+            let newest = session.events.last().map_or(0, |e| e.sequence_num);
+            (frames, newest)
         };
         for (seq, frame) in frames {
             if tx.send(frame).await.is_err() {
