@@ -202,3 +202,45 @@ async fn no_listening_line_in_time_fails_start_and_kills_it() {
     assert!(!alive(pid), "the stand-in {pid} was left running");
     assert!(matches!(backend.state(), ServerState::Failed(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_sigint_is_killed_after_the_stop_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("line-printed");
+    let (port, _accepted) = health_server(marker.clone()).await;
+    // SIGINT ignored (and inherited as ignored across `exec`): only SIGKILL stops it.
+    let bin = script(
+        dir.path(),
+        &format!(
+            r#"trap '' INT
+echo "$$" > '{pid}'
+: > '{marker}'
+echo "opencode server listening on http://127.0.0.1:{port}"
+exec sleep 60
+"#,
+            pid = dir.path().join("pid").display(),
+            marker = marker.display(),
+        ),
+    );
+    let mut config = config(bin, dir.path());
+    config.stop_grace = Duration::from_millis(800);
+    let backend = OpencodeBackend::new(config);
+    tokio::time::timeout(LIMIT, backend.start())
+        .await
+        .expect("start ended in time")
+        .expect("the stand-in starts");
+    let pid = read_pid(&dir.path().join("pid"));
+    assert!(alive(pid));
+
+    let stopping = Instant::now();
+    tokio::time::timeout(LIMIT, backend.shutdown())
+        .await
+        .expect("shutdown ends");
+    let took = stopping.elapsed();
+    assert!(!alive(pid), "the stand-in survived the shutdown");
+    assert!(
+        took >= Duration::from_millis(700),
+        "it was SIGINT that stopped it after {took:?}, not SIGKILL"
+    );
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+}
