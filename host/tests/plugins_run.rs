@@ -115,3 +115,100 @@ async fn a_native_plugin_serves_tasks_and_a_stuck_one_cannot_block_exit() {
         "{body}"
     );
 }
+
+/// The three-stage shutdown of the real binary: the first SIGTERM drains (the running task
+/// keeps its 30 s grace period), the second cancels it at once; its status is reported, the
+/// session pid is cleared and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_cancels_the_running_task_at_once() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin_root = tmp.path().join("plugins");
+    let library = build_c_plugin(tmp.path(), "libpolite.so", &[]);
+    write_plugin(&plugin_root, "polite-c", "native", &library, "1.0.0", "");
+    let state_dir = tmp.path().join("state");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["run", "--backend", "polite-c", "--allow-native", "polite-c"])
+        .args(["--skip-open-browser", "--poll-interval", "0.2"])
+        .args(["--grace-period", "30"])
+        .arg("--plugin-dir")
+        .arg(&plugin_root)
+        .arg("--server")
+        .arg(server.url())
+        .current_dir(tmp.path())
+        .env("AGENTSERVER_HOME", &state_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
+            .await
+    );
+    let sandbox = mock.sandboxes()[0].clone();
+    let task = mock.create_task(&sandbox.id, "wait-for-cancel");
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| s
+            .task(&task)
+            .and_then(|t| t.session_id)
+            .is_some_and(|sid| !s.bridge_worker_events(&sid).is_empty()))
+            .await,
+        "the task never started"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Draining: the task keeps running, no status yet, the process stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited during the grace period"
+    );
+    assert!(mock.task(&task).unwrap().final_updates().is_empty());
+
+    let second = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(15),
+            "the second SIGTERM did not end the run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit {status:?}");
+    let record = mock.task(&task).unwrap();
+    assert_eq!(
+        record.final_updates().len(),
+        1,
+        "{:?}",
+        record.status_updates
+    );
+    let body = &record.final_updates()[0].body;
+    assert_eq!(record.status, "failed", "{body}");
+    assert_eq!(
+        body["failure_reason"], "cancelled by host shutdown",
+        "{body}"
+    );
+    let session: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            state_dir
+                .join("sessions")
+                .join(format!("{}.json", sandbox.id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        session.get("pid").is_none_or(|p| p.is_null() || p == 0),
+        "pid cleared: {session}"
+    );
+    assert_eq!(
+        session["backend"], "polite-c",
+        "the plugin is recorded: {session}"
+    );
+}
