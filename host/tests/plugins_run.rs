@@ -1,60 +1,72 @@
 //! A native plugin behind the real `agentserver run`: the C example (built here against the
 //! header) registers as type `custom`, runs a task whose events and final status reach the
-//! mock, and a plugin that ignores cancellation cannot keep the host from exiting after
-//! SIGTERM: its call is abandoned, the task is reported, and the process ends.
+//! mock, a plugin that ignores cancellation cannot keep the host from exiting after SIGTERM
+//! (its call is abandoned, the task is reported, the process ends), and a second SIGTERM
+//! cancels a running task at once.
 
 mod plugins_support;
+mod support_run;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use agentserver_mock::{MockConfig, MockServer};
 use plugins_support::{build_c_plugin, write_plugin};
+use support_run::{
+    expect_exit, pid_cleared, registered_sandbox, session_file, sigterm, wait_task_started,
+};
+
+/// Starts `agentserver run` with the C example (built with `defines`) installed as the native
+/// plugin `name`, its state under `dir/state`, tasks in `dir`, and this grace period.
+fn run_c_plugin(
+    server: &MockServer,
+    dir: &Path,
+    name: &str,
+    defines: &[&str],
+    grace_secs: &str,
+) -> Child {
+    let plugin_root = dir.join("plugins");
+    let library = build_c_plugin(dir, &format!("lib{name}.so"), defines);
+    write_plugin(&plugin_root, name, "native", &library, "1.0.0", "");
+    Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["run", "--backend", name, "--allow-native", name])
+        .args(["--skip-open-browser", "--poll-interval", "0.2"])
+        .args(["--grace-period", grace_secs])
+        .arg("--plugin-dir")
+        .arg(&plugin_root)
+        .arg("--server")
+        .arg(server.url())
+        .current_dir(dir)
+        .env("AGENTSERVER_HOME", dir.join("state"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start agentserver")
+}
+
+/// The task's one final status update: its status and body.
+fn final_status(mock: &agentserver_mock::MockState, task: &str) -> (String, serde_json::Value) {
+    let record = mock.task(task).expect("task exists");
+    let finals = record.final_updates();
+    assert_eq!(finals.len(), 1, "{:?}", record.status_updates);
+    (record.status.clone(), finals[0].body.clone())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_plugin_serves_tasks_and_a_stuck_one_cannot_block_exit() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
     let tmp = tempfile::tempdir().unwrap();
-    let plugin_root = tmp.path().join("plugins");
-    let library = build_c_plugin(tmp.path(), "libstubborn.so", &["EXAMPLE_IGNORE_CANCEL"]);
-    write_plugin(&plugin_root, "stubborn-c", "native", &library, "1.0.0", "");
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args([
-            "run",
-            "--backend",
-            "stubborn-c",
-            "--allow-native",
-            "stubborn-c",
-        ])
-        .args([
-            "--skip-open-browser",
-            "--poll-interval",
-            "0.2",
-            "--grace-period",
-            "1",
-        ])
-        .arg("--plugin-dir")
-        .arg(&plugin_root)
-        .arg("--server")
-        .arg(server.url())
-        .current_dir(&work)
-        .env("AGENTSERVER_HOME", tmp.path().join("state"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
-            .await,
-        "the host never registered"
+    let mut child = run_c_plugin(
+        &server,
+        tmp.path(),
+        "stubborn-c",
+        &["EXAMPLE_IGNORE_CANCEL"],
+        "1",
     );
-    let sandbox = mock.sandboxes()[0].clone();
+    let sandbox = registered_sandbox(&mock).await;
     assert_eq!(sandbox.sandbox_type, "custom", "plugins register as custom");
 
     // A normal task: the C plugin's events and outcome cross the ABI and reach the server.
@@ -70,44 +82,21 @@ async fn a_native_plugin_serves_tasks_and_a_stuck_one_cannot_block_exit() {
     assert_eq!(types, ["started", "char_count"], "{events:?}");
     assert_eq!(events[1]["count"], 5);
 
-    // A task the plugin never gives back, then SIGTERM.
+    // A task the plugin never gives back, then SIGTERM. Grace period 1 s, then cancellation,
+    // then the 5 s the plugin gets to return, then the report and the runtime's 2 s for
+    // stragglers: far below the plugin's 120 s sleep.
     let stuck = mock.create_task(&sandbox.id, "ignore-cancel");
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| s
-            .task(&stuck)
-            .and_then(|t| t.session_id)
-            .is_some_and(|sid| !s.bridge_worker_events(&sid).is_empty()))
-            .await,
-        "the stuck task never started"
-    );
-    let signalled = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    wait_task_started(&mock, &stuck).await;
+    sigterm(child.id());
+    let status = expect_exit(
+        &mut child,
+        Duration::from_secs(30),
+        "after SIGTERM with a stuck plugin",
     )
-    .unwrap();
-    // Grace period 1 s, then cancellation, then the 5 s the plugin gets to return, then
-    // the report and the runtime's 2 s for stragglers: far below the plugin's 120 s sleep.
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("agentserver did not exit 30 s after SIGTERM with a stuck plugin");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    .await;
     assert!(status.success(), "exit {status:?}");
-    let record = mock.task(&stuck).unwrap();
-    assert_eq!(
-        record.final_updates().len(),
-        1,
-        "{:?}",
-        record.status_updates
-    );
-    let body = &record.final_updates()[0].body;
-    assert_eq!(record.status, "failed", "{body}");
+    let (status, body) = final_status(&mock, &stuck);
+    assert_eq!(status, "failed", "{body}");
     assert!(
         body["failure_reason"]
             .as_str()
@@ -124,42 +113,12 @@ async fn a_second_sigterm_cancels_the_running_task_at_once() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
     let tmp = tempfile::tempdir().unwrap();
-    let plugin_root = tmp.path().join("plugins");
-    let library = build_c_plugin(tmp.path(), "libpolite.so", &[]);
-    write_plugin(&plugin_root, "polite-c", "native", &library, "1.0.0", "");
-    let state_dir = tmp.path().join("state");
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args(["run", "--backend", "polite-c", "--allow-native", "polite-c"])
-        .args(["--skip-open-browser", "--poll-interval", "0.2"])
-        .args(["--grace-period", "30"])
-        .arg("--plugin-dir")
-        .arg(&plugin_root)
-        .arg("--server")
-        .arg(server.url())
-        .current_dir(tmp.path())
-        .env("AGENTSERVER_HOME", &state_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
-            .await
-    );
-    let sandbox = mock.sandboxes()[0].clone();
+    let mut child = run_c_plugin(&server, tmp.path(), "polite-c", &[], "30");
+    let sandbox = registered_sandbox(&mock).await;
     let task = mock.create_task(&sandbox.id, "wait-for-cancel");
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| s
-            .task(&task)
-            .and_then(|t| t.session_id)
-            .is_some_and(|sid| !s.bridge_worker_events(&sid).is_empty()))
-            .await,
-        "the task never started"
-    );
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_task_started(&mock, &task).await;
+
+    sigterm(child.id());
     // Draining: the task keeps running, no status yet, the process stays.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
@@ -168,45 +127,22 @@ async fn a_second_sigterm_cancels_the_running_task_at_once() {
     );
     assert!(mock.task(&task).unwrap().final_updates().is_empty());
 
-    let second = Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            second.elapsed() < Duration::from_secs(15),
-            "the second SIGTERM did not end the run"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    sigterm(child.id());
+    let status = expect_exit(
+        &mut child,
+        Duration::from_secs(15),
+        "after a second SIGTERM",
+    )
+    .await;
     assert!(status.success(), "exit {status:?}");
-    let record = mock.task(&task).unwrap();
-    assert_eq!(
-        record.final_updates().len(),
-        1,
-        "{:?}",
-        record.status_updates
-    );
-    let body = &record.final_updates()[0].body;
-    assert_eq!(record.status, "failed", "{body}");
+    let (status, body) = final_status(&mock, &task);
+    assert_eq!(status, "failed", "{body}");
     assert_eq!(
         body["failure_reason"], "cancelled by host shutdown",
         "{body}"
     );
-    let session: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            state_dir
-                .join("sessions")
-                .join(format!("{}.json", sandbox.id)),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert!(
-        session.get("pid").is_none_or(|p| p.is_null() || p == 0),
-        "pid cleared: {session}"
-    );
+    let session = session_file(&tmp.path().join("state"), &sandbox.id);
+    assert!(pid_cleared(&session), "pid cleared: {session}");
     assert_eq!(
         session["backend"], "polite-c",
         "the plugin is recorded: {session}"

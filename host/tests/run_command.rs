@@ -2,12 +2,17 @@
 //! connects the tunnel, runs a task with the claudecode backend (a scripted stand-in for the
 //! `claude` CLI), reports it once, and on SIGTERM drains, clears the session pid and exits 0.
 
+mod support_run;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agentserver_mock::{MockConfig, MockServer};
+use support_run::{
+    expect_exit, pid_cleared, registered_sandbox, session_file, sigterm, wait_agent_info,
+};
 
 const FAKE_CLAUDE: &str = r#"#!/bin/sh
 read init; read user
@@ -50,23 +55,10 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         .unwrap();
 
     // Registration happens after the device login; then the tunnel comes up.
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
-            .await,
-        "the host never registered"
-    );
-    let sandbox = mock.sandboxes()[0].clone();
+    let sandbox = registered_sandbox(&mock).await;
     assert_eq!(sandbox.sandbox_type, "claudecode");
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| s
-            .sandbox(&sandbox.id)
-            .is_some_and(|sb| sb.agent_info.is_some()))
-            .await,
-        "no agent info arrived over the tunnel"
-    );
-    let session_file = home.join("sessions").join(format!("{}.json", sandbox.id));
-    let session: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&session_file).unwrap()).unwrap();
+    wait_agent_info(&mock, &sandbox.id).await;
+    let session = session_file(&home, &sandbox.id);
     assert_eq!(session["pid"], child.id(), "pid stamped while running");
     // .mcp.json points Claude Code at `agentserver mcp-server` for this sandbox.
     let mcp: serde_json::Value =
@@ -94,12 +86,8 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
     );
 
     // First SIGTERM drains; nothing runs, so the host exits 0 promptly.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20)).await;
+    sigterm(child.id());
+    let status = expect_exit(&mut child, Duration::from_secs(20), "after SIGTERM").await;
     let mut stdout = String::new();
     child
         .stdout
@@ -126,12 +114,8 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         )),
         "{stdout}"
     );
-    let session: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&session_file).unwrap()).unwrap();
-    assert!(
-        session.get("pid").is_none_or(|p| p.is_null() || p == 0),
-        "pid cleared: {session}"
-    );
+    let session = session_file(&home, &sandbox.id);
+    assert!(pid_cleared(&session), "pid cleared: {session}");
     // The tunnel was closed with a normal WebSocket close, not dropped.
     assert!(
         mock.wait_until(Duration::from_secs(5), |s| s
@@ -159,24 +143,6 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
     // The tokens never reach the output.
     for token in [&sandbox.tunnel_token, &sandbox.proxy_token] {
         assert!(!stdout.contains(token.as_str()) && !stderr.contains(token.as_str()));
-    }
-}
-
-/// Waits for the child without blocking a runtime thread (the mock serves on this runtime).
-async fn wait_with_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agentserver did not exit within {timeout:?} after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -216,7 +182,7 @@ async fn register_card_is_posted_and_resume_keeps_the_sandbox_type() {
             .await,
         "no agent card was posted"
     );
-    let sandbox = mock.sandboxes()[0].clone();
+    let sandbox = registered_sandbox(&mock).await;
     assert_eq!(sandbox.sandbox_type, "claudecode");
     let post = &mock.requests_to("POST", agentserver_backend_claudecode::AGENT_CARD_PATH)[0];
     assert_eq!(
@@ -229,23 +195,10 @@ async fn register_card_is_posted_and_resume_keeps_the_sandbox_type() {
         agentserver_backend_claudecode::agent_card_body(&sandbox.name)
     );
     // Signal handlers are installed once the worker runs (the tunnel is up).
-    assert!(
-        mock.wait_until(Duration::from_secs(20), |s| s
-            .sandbox(&sandbox.id)
-            .is_some_and(|sb| sb.agent_info.is_some()))
-            .await,
-        "no agent info arrived over the tunnel"
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(
-        wait_with_timeout(&mut child, Duration::from_secs(20))
-            .await
-            .success()
-    );
+    wait_agent_info(&mock, &sandbox.id).await;
+    sigterm(child.id());
+    let status = expect_exit(&mut child, Duration::from_secs(20), "after SIGTERM").await;
+    assert!(status.success(), "exit {status:?}");
 
     // The sandbox is a claudecode sandbox: `--backend opencode` cannot take it over.
     let refused = agentserver(&["run", "--backend", "opencode", "--resume", &sandbox.id])

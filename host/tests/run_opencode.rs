@@ -8,6 +8,8 @@
 //! The binary comes from `.npm-clis` (`bash scripts/install-test-deps.sh`, run by `.ci/run`);
 //! when it is missing the test fails with that instruction.
 
+mod support_run;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
 use serde_json::Value;
+use support_run::{sigterm, wait_exit};
 
 /// Bound on anything that includes starting opencode (1.2–1.7 s alone, more on a busy
 /// 2-core machine).
@@ -151,24 +154,6 @@ fn drain(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
         }
     });
     out
-}
-
-/// Waits for the child without blocking a runtime thread (the mock serves on this runtime
-/// and the host talks to it while it drains).
-async fn wait_with_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Kills the host if the test fails before it stopped it (its opencode follows through
@@ -412,12 +397,8 @@ async fn run_with_the_real_opencode_serves_a_task_and_stops_opencode_on_sigterm(
 
     // SIGTERM: the intake drains, the host stops its opencode and exits 0.
     let stopping = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host_pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = wait_with_timeout(&mut child.0, Duration::from_secs(30))
+    sigterm(host_pid);
+    let status = wait_exit(&mut child.0, Duration::from_secs(30))
         .await
         .unwrap_or_else(|| panic!("agentserver did not exit after SIGTERM\n{}", logs()));
     let stop_time = stopping.elapsed();
