@@ -8,85 +8,28 @@
 //! The binary comes from `.npm-clis` (`bash scripts/install-test-deps.sh`, run by `.ci/run`);
 //! when it is missing the test fails with that instruction.
 
+/// The integration crate's opencode helpers (real binary, offline environment), shared by
+/// path: this crate cannot depend on that one.
+#[allow(dead_code)]
+#[path = "../../tests/integration/src/opencode_support.rs"]
+mod opencode_support;
 mod support_run;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
+use opencode_support::{offline_env, real_opencode, seed_home};
 use serde_json::Value;
 use support_run::{sigterm, wait_exit};
 
 /// Bound on anything that includes starting opencode (1.2–1.7 s alone, more on a busy
 /// 2-core machine).
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Overrides the binary's location (as in the backend's and the integration tests).
-const OPENCODE_BIN_ENV: &str = "AGENTSERVER_TEST_OPENCODE_BIN";
-
-/// The real `opencode` (pinned by scripts/install-test-deps.sh), or a failing test that says
-/// how to install it.
-fn real_opencode() -> PathBuf {
-    if let Some(path) = std::env::var_os(OPENCODE_BIN_ENV) {
-        return PathBuf::from(path);
-    }
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.npm-clis/node_modules/.bin/opencode");
-    assert!(
-        path.exists(),
-        "the real opencode CLI is missing at {}: run `bash scripts/install-test-deps.sh` \
-         (CI does this in .ci/run) or set {OPENCODE_BIN_ENV}",
-        path.display()
-    );
-    path
-}
-
-/// Writes the files opencode otherwise npm-installs in the background (real-clis.md).
-fn seed_home(home: &Path) {
-    let dir = home.join(".config/opencode");
-    std::fs::create_dir_all(dir.join("node_modules")).unwrap();
-    std::fs::write(
-        dir.join("package.json"),
-        r#"{"dependencies":{"@opencode-ai/plugin":"*"}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("package-lock.json"),
-        r#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}"#,
-    )
-    .unwrap();
-}
-
-/// The environment of real-clis.md: a private HOME/TMPDIR, offline switches and the fake LLM
-/// as opencode's provider.
-fn opencode_env(home: &Path, tmp: &Path, openai_base_url: &str) -> Vec<(&'static str, String)> {
-    let config = serde_json::json!({
-        "provider": {"fake": {
-            "npm": "@ai-sdk/openai-compatible",
-            "options": {"baseURL": openai_base_url, "apiKey": "x"},
-            "models": {"fake-model": {"tool_call": true, "limit": {"context": 100000, "output": 4096}}}
-        }},
-        "model": "fake/fake-model",
-        "small_model": "fake/fake-model",
-        "autoupdate": false,
-        "share": "disabled"
-    });
-    vec![
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", home.display().to_string()),
-        ("TMPDIR", tmp.display().to_string()),
-        ("OPENCODE_DISABLE_MODELS_FETCH", "1".to_owned()),
-        ("OPENCODE_DISABLE_AUTOUPDATE", "1".to_owned()),
-        ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1".to_owned()),
-        ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".to_owned()),
-        ("OPENCODE_DISABLE_SHARE", "1".to_owned()),
-        ("OPENCODE_CONFIG_CONTENT", config.to_string()),
-    ]
-}
 
 /// `/proc/<pid>/stat` fields after the command name: state, ppid, pgrp.
 fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
@@ -183,8 +126,8 @@ async fn run_with_the_real_opencode_serves_a_task_and_stops_opencode_on_sigterm(
         std::fs::create_dir_all(d).unwrap();
     }
     let work = std::fs::canonicalize(dir.path().join("work")).unwrap();
-    seed_home(&home);
-    let env = opencode_env(&home, &tmp, &llm.openai_base_url());
+    seed_home(&home).unwrap();
+    let env = offline_env(&home, &tmp, &llm.openai_base_url());
 
     // The version the real binary reports, to compare with what reaches the server.
     let version = Command::new(&opencode)

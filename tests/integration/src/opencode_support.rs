@@ -1,6 +1,9 @@
 //! Support for the opencode tests and benchmark: the real `opencode` binary (installed by
 //! `scripts/install-test-deps.sh`), run offline against the fake LLM with an isolated HOME
 //! pre-seeded as `../shared/spec/real-clis.md` describes.
+//!
+//! `host/tests/run_opencode.rs` includes this file too (`#[path]`): the host's tests cannot
+//! depend on this crate, which depends on the host.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,8 +20,12 @@ pub fn real_opencode() -> PathBuf {
     if let Some(path) = std::env::var_os(OPENCODE_BIN_ENV) {
         return PathBuf::from(path);
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.npm-clis/node_modules/.bin/opencode");
+    // The workspace root: the nearest directory above this package holding `Cargo.lock`.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").exists())
+        .expect("the package lies inside the workspace");
+    let path = root.join(".npm-clis/node_modules/.bin/opencode");
     assert!(
         path.exists(),
         "the real opencode CLI is missing at {}: run `bash scripts/install-test-deps.sh` \
@@ -66,6 +73,22 @@ pub fn provider_config(openai_base_url: &str) -> String {
     .to_string()
 }
 
+/// The environment of real-clis.md for an opencode run offline: the private `home` and `tmp`,
+/// the switches that keep it from fetching anything, and the fake LLM as its provider.
+pub fn offline_env(home: &Path, tmp: &Path, openai_base_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME", home.display().to_string()),
+        ("TMPDIR", tmp.display().to_string()),
+        ("OPENCODE_DISABLE_MODELS_FETCH", "1".to_owned()),
+        ("OPENCODE_DISABLE_AUTOUPDATE", "1".to_owned()),
+        ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1".to_owned()),
+        ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".to_owned()),
+        ("OPENCODE_DISABLE_SHARE", "1".to_owned()),
+        ("OPENCODE_CONFIG_CONTENT", provider_config(openai_base_url)),
+    ]
+}
+
 /// A private HOME, TMPDIR and work directory for one opencode server.
 #[derive(Debug)]
 pub struct OpencodeEnv {
@@ -96,7 +119,6 @@ impl OpencodeEnv {
 
     /// A backend configuration running the real opencode here, offline, on `port`.
     pub fn config(&self, port: u16) -> OpencodeConfig {
-        let home = self.dir.path().join("home");
         let mut config = OpencodeConfig {
             opencode_bin: real_opencode(),
             opencode_port: port,
@@ -106,20 +128,11 @@ impl OpencodeEnv {
             restart_backoff_max: Duration::from_secs(2),
             ..OpencodeConfig::default()
         };
-        for (k, v) in [
-            ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME", home.display().to_string()),
-            ("TMPDIR", self.dir.path().join("tmp").display().to_string()),
-            ("OPENCODE_DISABLE_MODELS_FETCH", "1".to_owned()),
-            ("OPENCODE_DISABLE_AUTOUPDATE", "1".to_owned()),
-            ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1".to_owned()),
-            ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".to_owned()),
-            ("OPENCODE_DISABLE_SHARE", "1".to_owned()),
-            (
-                "OPENCODE_CONFIG_CONTENT",
-                provider_config(&self.openai_base_url),
-            ),
-        ] {
+        for (k, v) in offline_env(
+            &self.dir.path().join("home"),
+            &self.dir.path().join("tmp"),
+            &self.openai_base_url,
+        ) {
             config = config.with_env(k, v);
         }
         config
