@@ -66,6 +66,22 @@ fn result(report: &Value, i: usize) -> (bool, String) {
     )
 }
 
+/// `agentserver mcp-server` as Claude Code starts it for `me` (only the environment of
+/// §10.2 and `PATH`), with stdin and stdout piped; stderr is the caller's to set.
+fn mcp_server_for(mock: &MockServer, me: &SandboxRecord) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("mcp-server")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENTSERVER_URL", mock.url())
+        .env("AGENTSERVER_TOKEN", &me.proxy_token)
+        .env("AGENTSERVER_WORKSPACE_ID", &me.workspace_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A workspace with `me` (filtered out of the listing), a helper with a full card, and an
 /// agent in another workspace (never listed).
 async fn workspace() -> (MockServer, SandboxRecord, SandboxRecord) {
@@ -431,18 +447,10 @@ async fn a_missing_variable_exits_1_with_the_upstream_message() {
 #[tokio::test]
 async fn raw_json_rpc_over_stdio() {
     let (mock, me, _helper) = workspace().await;
-    let mut child = Command::new(BIN)
+    let mut child = mcp_server_for(&mock, &me)
         // Most verbose logging: the token must still never show up.
-        .args(["mcp-server", "-vv"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AGENTSERVER_URL", mock.url())
-        .env("AGENTSERVER_TOKEN", &me.proxy_token)
-        .env("AGENTSERVER_WORKSPACE_ID", &me.workspace_id)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .arg("-vv")
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     // Drain stderr while the server runs (verbose logs could fill the pipe).
@@ -632,17 +640,8 @@ async fn mcp_json_from_the_claudecode_backend_launches_the_server() {
 #[tokio::test]
 async fn an_unknown_protocol_version_is_answered_with_the_newest_supported() {
     let (mock, me, _helper) = workspace().await;
-    let mut child = Command::new(BIN)
-        .arg("mcp-server")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AGENTSERVER_URL", mock.url())
-        .env("AGENTSERVER_TOKEN", &me.proxy_token)
-        .env("AGENTSERVER_WORKSPACE_ID", &me.workspace_id)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    let mut child = mcp_server_for(&mock, &me)
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
