@@ -384,14 +384,14 @@ async fn supervise(
         stats.exit_code = status.code();
     }
 
-    let stderr_tail = {
+    let stderr_text = {
         let tail = crate::lock(&ring).tail(config.stderr_in_failure_bytes);
-        let text = String::from_utf8_lossy(&tail).trim().to_owned();
-        if text.is_empty() {
-            String::new()
-        } else {
-            format!("; stderr: {text}")
-        }
+        String::from_utf8_lossy(&tail).trim().to_owned()
+    };
+    let stderr_tail = if stderr_text.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {stderr_text}")
     };
     if let Some(result) = &result {
         if ending == Ending::NoExitAfterResult {
@@ -406,8 +406,8 @@ async fn supervise(
         if outcome.status == TaskStatus::Failed
             && result.is_api_error()
             && let Some(reason) = outcome.failure_reason.as_mut()
-            && !stderr_tail.is_empty()
-            && !reason.contains(stderr_tail.trim_start_matches("; stderr: "))
+            && !stderr_text.is_empty()
+            && !reason.contains(&stderr_text)
         {
             reason.push_str(&stderr_tail);
         }

@@ -297,7 +297,6 @@ pub async fn poll_for_token(
                     tracing::debug!(%status, "token poll: gateway error; retrying");
                     ui.poll_event(&PollEvent::NetworkError);
                 }
-                continue;
             }
             "" => {
                 return Err(LoginError::Token(format!(

@@ -152,6 +152,23 @@ async fn stall_delays_requests() {
     assert!(started.elapsed() < Duration::from_millis(350));
 }
 
+/// A raw WebSocket on the sandbox's tunnel endpoint of the mock at `url` (no yamux).
+async fn connect_tunnel(
+    url: &str,
+    sb: &agentserver_mock::SandboxRecord,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let ws_url = format!(
+        "{}/api/tunnel/{}?token={}",
+        url.replacen("http://", "ws://", 1),
+        sb.id,
+        sb.tunnel_token
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("upgrade");
+    ws
+}
+
 #[tokio::test]
 async fn tunnel_endpoint_checks_parameters_and_token() {
     let mock = start().await;
@@ -208,15 +225,7 @@ async fn restart_keeps_state_and_drops_connections() {
     let addr = mock.addr();
 
     // A WebSocket tunnel and an in-flight (stalled) request.
-    let ws_url = format!(
-        "{}/api/tunnel/{}?token={}",
-        url.replacen("http://", "ws://", 1),
-        sb.id,
-        sb.tunnel_token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("upgrade");
+    let mut ws = connect_tunnel(&url, &sb).await;
     // The tunnel module marks the sandbox running while its tunnel is up.
     let sid = sb.id.clone();
     assert!(
@@ -368,16 +377,8 @@ async fn an_unacknowledged_stream_closes_the_tunnel_after_the_open_timeout() {
     .await;
     let state = mock.state();
     let sb = state.add_sandbox("x", "claudecode");
-    let ws_url = format!(
-        "{}/api/tunnel/{}?token={}",
-        mock.url().replacen("http://", "ws://", 1),
-        sb.id,
-        sb.tunnel_token
-    );
     // A raw WebSocket peer that reads but never answers (no yamux ACK).
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("upgrade");
+    let mut ws = connect_tunnel(&mock.url(), &sb).await;
     let sid = sb.id.clone();
     assert!(
         state
