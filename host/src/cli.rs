@@ -33,7 +33,6 @@ pub const DEFAULT_SERVER: &str = "https://agent.cs.ac.cn";
     name = "agentserver",
     version,
     propagate_version = true,
-    args_conflicts_with_subcommands = true,
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -48,6 +47,57 @@ pub struct Cli {
     /// Options of the root command (= `run --backend claudecode`).
     #[command(flatten)]
     pub root: RootArgs,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message (and code 2) when they
+    /// are wrong.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args`. The global `-v`/`--verbose` goes before or after any subcommand; the
+    /// root command's own options (those of `run --backend claudecode`) only work without a
+    /// subcommand, and are refused with one. (clap's `args_conflicts_with_subcommands` would
+    /// refuse a global option before a subcommand too, so this check is ours.)
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        if let Some((name, _)) = matches.subcommand() {
+            let root_options: Vec<String> = cmd
+                .get_arguments()
+                .filter(|arg| !arg.is_global_set())
+                .filter(|arg| {
+                    matches.value_source(arg.get_id().as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|arg| match arg.get_long() {
+                    Some(long) => format!("--{long}"),
+                    None => arg.get_id().to_string(),
+                })
+                .collect();
+            if !root_options.is_empty() {
+                let message = format!(
+                    "{} cannot be used with the subcommand '{name}': {} of the root command \
+                     (`agentserver` alone runs `run --backend claudecode`); put options after \
+                     the subcommand",
+                    root_options.join(", "),
+                    if root_options.len() == 1 {
+                        "it is an option"
+                    } else {
+                        "they are options"
+                    }
+                );
+                return Err(cmd.error(clap::error::ErrorKind::ArgumentConflict, message));
+            }
+        }
+        Self::from_arg_matches(&matches).map_err(|err| err.format(&mut cmd))
+    }
 }
 
 /// The root command's options: those of `run` minus `--backend`.
@@ -499,6 +549,56 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn verbosity(args: &[&str]) -> u8 {
+        Cli::try_parse_args_from(args.iter().copied())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .verbose
+    }
+
+    #[test]
+    fn verbose_works_before_and_after_every_subcommand() {
+        let mut root = Cli::command();
+        root.build();
+        let subcommands: Vec<String> = root
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .filter(|s| !s.is_subcommand_required_set())
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        assert!(subcommands.len() >= 8, "{subcommands:?}");
+        for sub in &subcommands {
+            assert_eq!(verbosity(&["agentserver", "-v", sub]), 1, "-v {sub}");
+            assert_eq!(verbosity(&["agentserver", sub, "-v"]), 1, "{sub} -v");
+            assert_eq!(verbosity(&["agentserver", "-vv", sub]), 2, "-vv {sub}");
+            assert_eq!(verbosity(&["agentserver", sub, "-vv"]), 2, "{sub} -vv");
+            assert_eq!(
+                verbosity(&["agentserver", "--verbose", sub]),
+                1,
+                "--verbose {sub}"
+            );
+        }
+        // Subcommands with their own subcommands: before the group, and after the leaf.
+        assert_eq!(verbosity(&["agentserver", "-v", "plugins", "list"]), 1);
+        assert_eq!(verbosity(&["agentserver", "plugins", "list", "-vv"]), 2);
+        // And the root command itself.
+        assert_eq!(verbosity(&["agentserver", "-v"]), 1);
+        assert_eq!(verbosity(&["agentserver", "-vv", "--continue"]), 2);
+    }
+
+    #[test]
+    fn root_options_are_refused_with_a_subcommand() {
+        let err = Cli::try_parse_args_from(["agentserver", "--continue", "version"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = err.to_string();
+        assert!(text.contains("--continue"), "{text}");
+        assert!(text.contains("'version'"), "{text}");
+        let err = Cli::try_parse_args_from(["agentserver", "--claude-bin", "/x", "-v", "run"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let cli = Cli::try_parse_args_from(["agentserver", "-v", "run"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run(_))));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod auth;
 pub mod dispatch;
+pub mod http;
 pub mod intake;
+pub mod logging;
 pub mod mcp;
 pub mod paths;
 pub mod plugins;

@@ -6,12 +6,13 @@ mod commands;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    let cli = cli::Cli::parse_args();
+    agentserver::logging::init(
+        cli.verbose,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,21 +55,4 @@ fn error_chain(err: &anyhow::Error) -> String {
         text.push_str(&message);
     }
     text
-}
-
-/// Logs go to stderr (stdout is for command output and, for `mcp-server`, the protocol).
-/// `RUST_LOG` wins over `-v`.
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn,agentserver=info",
-        1 => "info,agentserver=debug,agentserver_mux=debug,agentserver_mock=debug",
-        _ => "debug,agentserver=trace,agentserver_mux=trace,agentserver_mock=trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(verbose > 0)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

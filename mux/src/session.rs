@@ -88,6 +88,18 @@ pub enum ProtocolError {
         /// Remaining window.
         window: u32,
     },
+    /// A window update that would take the stream's send window past 2^32 − 1 bytes (the
+    /// window is a `u32`; hashicorp/yamux closes the session when data arrives past its real
+    /// window, so clamping the sum would only move the failure to the peer).
+    #[error("stream {stream}: window update of {delta} bytes overflows a send window of {window}")]
+    WindowOverflow {
+        /// Stream id.
+        stream: u32,
+        /// The update's delta.
+        delta: u32,
+        /// The send window before the update.
+        window: u32,
+    },
     /// A `SYN` for a stream id that is already open.
     #[error("duplicate stream id {0}")]
     DuplicateStream(u32),
@@ -313,7 +325,7 @@ impl Shared {
         }
         match &err {
             SessionError::Protocol(p) => {
-                tracing::debug!(error = %p, "yamux protocol error, sending GoAway");
+                tracing::warn!(error = %p, "yamux protocol error, sending GoAway and closing");
                 inner.out.data.clear();
                 inner.out.data_bytes = 0;
                 inner.out.ctrl.clear();
@@ -458,7 +470,14 @@ impl Shared {
         }
         match h.frame_type {
             FrameType::WindowUpdate if h.length > 0 => {
-                st.send_window = st.send_window.saturating_add(h.length);
+                st.send_window =
+                    st.send_window
+                        .checked_add(h.length)
+                        .ok_or(ProtocolError::WindowOverflow {
+                            stream: id,
+                            delta: h.length,
+                            window: st.send_window,
+                        })?;
                 if let Some(w) = st.write_waker.take() {
                     w.wake();
                 }

@@ -434,6 +434,58 @@ async fn window_overflow_and_bad_ids_are_protocol_errors() {
 }
 
 #[tokio::test]
+async fn window_update_past_u32_max_is_a_protocol_error_with_go_away() {
+    let ((cc, _ci), mut peer) = raw_client_session(Config::default());
+    peer.send(Header::window_update(2, Flags::SYN, 0), &[])
+        .await;
+    peer.recv().await.unwrap();
+    // The send window starts at 256 KiB; a delta of 2^32 - 1 would take it past u32::MAX.
+    peer.send(Header::window_update(2, Flags::NONE, u32::MAX), &[])
+        .await;
+    let reason = timeout(T, cc.closed()).await.unwrap();
+    assert!(
+        matches!(
+            reason,
+            SessionError::Protocol(ProtocolError::WindowOverflow {
+                stream: 2,
+                delta: u32::MAX,
+                window: 262_144,
+            })
+        ),
+        "{reason:?}"
+    );
+    // The peer is told why: a GoAway with the protocol-error code, then the end of the stream.
+    let go_away = loop {
+        let frame = peer.recv().await.expect("a GoAway before the end");
+        if frame.header.frame_type == FrameType::GoAway {
+            break frame;
+        }
+    };
+    assert_eq!(
+        GoAwayCode::from_u32(go_away.header.length),
+        GoAwayCode::ProtocolError
+    );
+}
+
+#[tokio::test]
+async fn window_update_up_to_u32_max_is_accepted() {
+    let ((cc, _ci), mut peer) = raw_client_session(Config::default());
+    peer.send(Header::window_update(2, Flags::SYN, 0), &[])
+        .await;
+    peer.recv().await.unwrap();
+    // Exactly to 2^32 - 1: legal.
+    peer.send(
+        Header::window_update(2, Flags::NONE, u32::MAX - 262_144),
+        &[],
+    )
+    .await;
+    peer.send(Header::ping(Flags::SYN, 7), &[]).await;
+    let pong = peer.recv_interesting().await.unwrap();
+    assert_eq!(pong.header.frame_type, FrameType::Ping);
+    assert!(!cc.is_closed(), "the session stays open");
+}
+
+#[tokio::test]
 async fn frames_for_unknown_streams_are_ignored() {
     let ((cc, mut ci), mut peer) = raw_client_session(Config::default());
     peer.send(Header::data(40, Flags::NONE, 4), b"lost").await;

@@ -27,6 +27,9 @@ use crate::state::rfc3339;
 pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// The smallest poll interval honoured (upstream v0.49+; it was 5 s in v0.33–v0.48).
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The interval when the device authorization response has none (RFC 8628 §3.2: "If no value
+/// is provided, clients MUST use 5 as the default").
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// What a `slow_down` answer adds to the interval.
 pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
@@ -47,9 +50,9 @@ pub struct DeviceAuthorization {
     /// Seconds until the device code expires.
     #[serde(default)]
     pub expires_in: i64,
-    /// Seconds the server asks between polls.
+    /// Seconds the server asks between polls; absent means [`DEFAULT_POLL_INTERVAL`].
     #[serde(default)]
-    pub interval: i64,
+    pub interval: Option<i64>,
 }
 
 impl DeviceAuthorization {
@@ -62,9 +65,15 @@ impl DeviceAuthorization {
         }
     }
 
-    /// The poll interval: the server's `interval`, at least [`MIN_POLL_INTERVAL`].
+    /// The poll interval: the server's `interval`, at least [`MIN_POLL_INTERVAL`]; when the
+    /// server gave none, [`DEFAULT_POLL_INTERVAL`] (RFC 8628 §3.2).
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_secs(u64::try_from(self.interval).unwrap_or(0)).max(MIN_POLL_INTERVAL)
+        match self.interval {
+            Some(seconds) => {
+                Duration::from_secs(u64::try_from(seconds).unwrap_or(0)).max(MIN_POLL_INTERVAL)
+            }
+            None => DEFAULT_POLL_INTERVAL,
+        }
     }
 
     /// How long the device code stays valid.
@@ -123,7 +132,7 @@ pub enum LoginError {
         url: String,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: crate::http::HttpError,
     },
     /// The device authorization endpoint answered with a status other than 200.
     #[error("device auth failed ({status}): {body}")]
@@ -176,13 +185,12 @@ pub async fn request_device_code(
     let request = http
         .post(&url)
         .form(&[("client_id", CLIENT_ID), ("scope", SCOPE)]);
-    let (status, body) =
-        super::send_and_read(request)
-            .await
-            .map_err(|source| LoginError::DeviceAuthRequest {
-                url: url.clone(),
-                source,
-            })?;
+    let (status, body) = crate::http::send_and_read(request)
+        .await
+        .map_err(|source| LoginError::DeviceAuthRequest {
+            url: url.clone(),
+            source,
+        })?;
     if status != reqwest::StatusCode::OK {
         return Err(LoginError::DeviceAuthFailed {
             status,
@@ -194,7 +202,7 @@ pub async fn request_device_code(
     tracing::debug!(
         user_code = %auth.user_code,
         expires_in = auth.expires_in,
-        interval = auth.interval,
+        interval = ?auth.interval,
         "device code received"
     );
     Ok(auth)
@@ -227,29 +235,15 @@ pub async fn poll_for_token(
         }
         tokio::time::sleep(interval).await;
         tracing::trace!(%url, "polling the token endpoint");
-        let sent = http
-            .post(&url)
-            .form(&[
-                ("grant_type", DEVICE_CODE_GRANT_TYPE),
-                ("client_id", CLIENT_ID),
-                ("device_code", auth.device_code.expose()),
-            ])
-            .send()
-            .await;
-        let (status, body) = match sent {
-            Ok(resp) => {
-                let status = resp.status();
-                match resp.bytes().await {
-                    Ok(body) => (status, body),
-                    Err(err) => {
-                        tracing::debug!(err = %super::error_chain(&err), "token poll: reading the answer failed; retrying");
-                        ui.poll_event(&PollEvent::NetworkError);
-                        continue;
-                    }
-                }
-            }
+        let request = http.post(&url).form(&[
+            ("grant_type", DEVICE_CODE_GRANT_TYPE),
+            ("client_id", CLIENT_ID),
+            ("device_code", auth.device_code.expose()),
+        ]);
+        let (status, body) = match crate::http::send_and_read(request).await {
+            Ok(answer) => answer,
             Err(err) => {
-                tracing::debug!(err = %super::error_chain(&err), "token poll failed on the network; retrying");
+                tracing::debug!(%err, "token poll failed on the network; retrying");
                 ui.poll_event(&PollEvent::NetworkError);
                 continue;
             }
@@ -370,14 +364,14 @@ mod tests {
         }
     }
 
-    fn auth(interval: i64, expires_in: i64) -> DeviceAuthorization {
+    fn auth(interval: impl Into<Option<i64>>, expires_in: i64) -> DeviceAuthorization {
         DeviceAuthorization {
             device_code: Secret::new("dc"),
             user_code: "ABCD-EFGH".into(),
             verification_uri: "https://h/verify".into(),
             verification_uri_complete: String::new(),
             expires_in,
-            interval,
+            interval: interval.into(),
         }
     }
 
@@ -386,6 +380,23 @@ mod tests {
         assert_eq!(auth(0, 600).poll_interval(), Duration::from_secs(1));
         assert_eq!(auth(-3, 600).poll_interval(), Duration::from_secs(1));
         assert_eq!(auth(5, 600).poll_interval(), Duration::from_secs(5));
+        assert_eq!(auth(2, 600).poll_interval(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_response_without_interval_polls_every_five_seconds() {
+        let parsed: DeviceAuthorization = serde_json::from_str(
+            r#"{"device_code":"dc","user_code":"U","verification_uri":"https://h/v","expires_in":600}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.poll_interval(), Duration::from_secs(5));
+        let null: DeviceAuthorization =
+            serde_json::from_str(r#"{"device_code":"dc","expires_in":600,"interval":null}"#)
+                .unwrap();
+        assert_eq!(null.poll_interval(), Duration::from_secs(5));
+        let given: DeviceAuthorization =
+            serde_json::from_str(r#"{"device_code":"dc","expires_in":600,"interval":3}"#).unwrap();
+        assert_eq!(given.poll_interval(), Duration::from_secs(3));
     }
 
     #[test]

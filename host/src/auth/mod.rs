@@ -103,26 +103,7 @@ impl AuthContext {
     }
 }
 
-/// An error and its sources, `: `-separated (for messages that carry an error as text).
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Sends `request` and reads the whole answer: its status and body.
-pub(crate) async fn send_and_read(
-    request: reqwest::RequestBuilder,
-) -> Result<(reqwest::StatusCode, bytes::Bytes), reqwest::Error> {
-    let resp = request.send().await?;
-    let status = resp.status();
-    Ok((status, resp.bytes().await?))
-}
+pub(crate) use crate::http::error_chain;
 
 /// The HTTP client used for OAuth and registration: no special headers (spec §1), bounded
 /// connect and request times so a dead server cannot hang a poll round.

@@ -42,7 +42,7 @@ pub enum RegisterError {
         url: String,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: crate::http::HttpError,
     },
     /// The server answered with a status other than 201.
     #[error("registration failed ({status}): {body}. {hint}")]
@@ -140,13 +140,12 @@ pub async fn register_with(
         .post(&url)
         .bearer_auth(access_token.expose())
         .json(&RegisterBody { name, sandbox_type });
-    let (status, body) =
-        super::send_and_read(request)
-            .await
-            .map_err(|source| RegisterError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+    let (status, body) = crate::http::send_and_read(request)
+        .await
+        .map_err(|source| RegisterError::Transport {
+            url: url.clone(),
+            source,
+        })?;
     if status != reqwest::StatusCode::CREATED {
         let text = short_body(&body);
         let (hint, relogin) = hint_for(status.as_u16(), &text, &server, sandbox_type);

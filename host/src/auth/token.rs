@@ -140,7 +140,7 @@ impl AuthContext {
             ("client_id", CLIENT_ID),
             ("refresh_token", refresh_token.expose()),
         ]);
-        let (status, body) = super::send_and_read(request)
+        let (status, body) = crate::http::send_and_read(request)
             .await
             .map_err(|e| error_chain(&e))?;
         if status != reqwest::StatusCode::OK {

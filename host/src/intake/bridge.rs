@@ -21,6 +21,8 @@ pub const MAX_BATCH: usize = 100;
 
 /// Largest SSE line accepted (the upstream SDK stops at 1 MiB; we allow more).
 pub const MAX_SSE_LINE: usize = 16 * 1024 * 1024;
+/// How much of an error answer's body is read (it only goes into an error message).
+const ERROR_BODY_CAP: usize = 64 * 1024;
 
 /// Timers of the bridge client. The defaults are the spec's; tests shorten them.
 #[derive(Clone, Debug)]
@@ -168,7 +170,10 @@ pub struct BridgeClient {
 
 async fn status_error(resp: reqwest::Response) -> BridgeError {
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default().trim().to_owned();
+    let body = crate::http::read_body(resp, ERROR_BODY_CAP)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
     match status {
         404 => BridgeError::NotFound(body),
         409 => BridgeError::EpochMismatch,
@@ -178,7 +183,9 @@ async fn status_error(resp: reqwest::Response) -> BridgeError {
 
 /// Sends `request`; a non-2xx answer becomes its [`status_error`].
 async fn send_ok(request: reqwest::RequestBuilder) -> Result<reqwest::Response, BridgeError> {
-    let resp = request.send().await.map_err(BridgeError::Transport)?;
+    let resp = crate::http::send(request)
+        .await
+        .map_err(BridgeError::Transport)?;
     if resp.status().is_success() {
         Ok(resp)
     } else {
@@ -510,7 +517,7 @@ async fn sse_once(shared: &Shared, high_water: &mut u64, on_inbound: &InboundHan
             .query(&[("from_sequence_num", high_water.to_string())])
             .header("Last-Event-ID", high_water.to_string());
     }
-    let resp = match tokio::time::timeout(t.sse_liveness, req.send()).await {
+    let resp = match tokio::time::timeout(t.sse_liveness, crate::http::send(req)).await {
         Err(_) => return SseEnd::Silent(t.sse_liveness),
         Ok(Err(e)) => return SseEnd::Request(BridgeError::Transport(e)),
         Ok(Ok(r)) => r,

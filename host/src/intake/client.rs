@@ -89,7 +89,7 @@ impl StatusBody {
 pub enum ClientError {
     /// The request did not get an HTTP answer (connect error, timeout, reset).
     #[error("request failed: {0}")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] crate::http::HttpError),
     /// The server answered with a non-success status.
     #[error("server answered {status}: {body}")]
     Status {
@@ -152,7 +152,7 @@ impl TaskClient {
             .query(&[("sandbox_id", self.sandbox_id.as_str())])
             .bearer_auth(self.proxy_token.expose())
             .timeout(TASK_HTTP_TIMEOUT);
-        let (status, body) = crate::auth::send_and_read(request)
+        let (status, body) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
         if status.as_u16() != 200 {
@@ -175,7 +175,7 @@ impl TaskClient {
             .get(url)
             .bearer_auth(self.proxy_token.expose())
             .timeout(TASK_HTTP_TIMEOUT);
-        let (status, body) = crate::auth::send_and_read(request)
+        let (status, body) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
         if !status.is_success() {
@@ -196,23 +196,21 @@ impl TaskClient {
     /// `PUT /api/agent/tasks/{id}/status`.
     pub async fn put_status(&self, task_id: &str, body: &StatusBody) -> Result<(), ClientError> {
         let url = format!("{}/api/agent/tasks/{}/status", self.server, task_id);
-        let resp = self
+        let request = self
             .http
             .put(url)
             .bearer_auth(self.proxy_token.expose())
             .json(body)
-            .timeout(TASK_HTTP_TIMEOUT)
-            .send()
+            .timeout(TASK_HTTP_TIMEOUT);
+        let (status, text) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
-        let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
-        let text = resp.text().await.unwrap_or_default();
         Err(ClientError::Status {
             status: status.as_u16(),
-            body: text.trim().to_owned(),
+            body: String::from_utf8_lossy(&text).trim().to_owned(),
         })
     }
 }

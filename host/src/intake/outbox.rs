@@ -65,6 +65,9 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ou
 #[derive(Clone, Debug)]
 pub struct Outbox {
     dir: PathBuf,
+    /// Serialises this process's entry writes, so of two writes of one entry the one that
+    /// started last is the one left on disk (each write also has its own temp file).
+    writes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Outbox {
@@ -72,7 +75,10 @@ impl Outbox {
     pub fn open(root: &Path, sandbox_id: &str) -> Result<Self, OutboxError> {
         let dir = root.join(file_stem(sandbox_id));
         create_private_dir(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            writes: Default::default(),
+        })
     }
 
     /// The directory entries live in.
@@ -85,22 +91,14 @@ impl Outbox {
         self.dir.join(format!("{}.json", file_stem(task_id)))
     }
 
-    /// Writes an entry durably (atomic replace). Returns once it is on disk.
+    /// Writes an entry durably (atomic replace through a temp file of its own, see
+    /// [`write_private_atomic`](crate::state::fsutil::write_private_atomic)). Returns once it is
+    /// on disk.
     pub fn write(&self, entry: &OutboxEntry) -> Result<PathBuf, OutboxError> {
         let path = self.path_of(&entry.task_id);
-        let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
-            file_stem(&entry.task_id),
-            std::process::id()
-        ));
         let bytes = serde_json::to_vec_pretty(entry)?;
-        {
-            let mut f = private_file(&tmp).map_err(io("create", &tmp))?;
-            f.write_all(&bytes).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        sync_dir(&self.dir);
+        let _serialised = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        crate::state::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))?;
         Ok(path)
     }
 
@@ -287,7 +285,10 @@ pub fn sandboxes_with_leftovers(root: &Path) -> Vec<String> {
         let Some(sandbox_id) = id_from_stem(&name.to_string_lossy()) else {
             continue;
         };
-        let outbox = Outbox { dir: item.path() };
+        let outbox = Outbox {
+            dir: item.path(),
+            writes: Default::default(),
+        };
         let has_pending = outbox.pending().is_ok_and(|p| !p.is_empty());
         let has_orphans = outbox.orphans().is_ok_and(|o| !o.is_empty());
         if has_pending || has_orphans {
@@ -342,6 +343,41 @@ mod tests {
         // Another sandbox has its own directory.
         let other = Outbox::open(tmp.path(), "other").unwrap();
         assert!(other.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_entry_leave_a_valid_file_with_the_last_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(tmp.path(), "sbx").unwrap();
+        for round in 0..20 {
+            let writers: Vec<_> = (0..8)
+                .map(|n| {
+                    let ob = ob.clone();
+                    std::thread::spawn(move || {
+                        let mut e = entry("task_same", "2026-01-01T00:00:00Z");
+                        // Different lengths, so an interleaving would leave broken JSON.
+                        e.body = StatusBody::failed("x".repeat(1 + n * 997 + round));
+                        ob.write(&e).unwrap();
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            let mut last = entry("task_same", "2026-01-01T00:00:00Z");
+            last.body = StatusBody::failed(format!("last of round {round}"));
+            ob.write(&last).unwrap();
+            let on_disk: OutboxEntry =
+                serde_json::from_slice(&std::fs::read(ob.path_of("task_same")).unwrap())
+                    .expect("a valid entry");
+            assert_eq!(on_disk, last);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(ob.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     }
 
     #[test]

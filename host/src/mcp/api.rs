@@ -67,35 +67,17 @@ impl WorkspaceApi {
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<String, ApiError> {
-        let resp = req
-            .bearer_auth(self.token.expose())
-            .timeout(timeout)
-            .send()
+        let request = req.bearer_auth(self.token.expose()).timeout(timeout);
+        let (status, bytes) = crate::http::send_and_read(request)
             .await
-            .map_err(transport_error)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(transport_error)?;
+            .map_err(|err| ApiError::Transport(err.to_string()))?;
+        let status = status.as_u16();
         let body = String::from_utf8_lossy(&bytes).into_owned();
         if status >= 400 {
             return Err(ApiError::Status { status, body });
         }
         Ok(body)
     }
-}
-
-/// The error and its sources, joined by `: ` without repeating a message already shown.
-fn transport_error(err: reqwest::Error) -> ApiError {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !text.contains(&msg) {
-            text.push_str(": ");
-            text.push_str(&msg);
-        }
-        source = s.source();
-    }
-    ApiError::Transport(text)
 }
 
 #[cfg(test)]

@@ -367,6 +367,11 @@ pub fn session_output(state: &MockState, session_id: &str) -> String {
 }
 
 impl MockState {
+    /// Every worker JWT the bridge has issued (for tests that check no token is logged).
+    pub fn bridge_worker_jwts(&self) -> Vec<String> {
+        lock(&self.bridge.inner).tokens.keys().cloned().collect()
+    }
+
     /// Ids of every bridge session, in no particular order.
     pub fn bridge_sessions(&self) -> Vec<String> {
         lock(&self.bridge.inner).sessions.keys().cloned().collect()
