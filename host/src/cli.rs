@@ -262,6 +262,24 @@ pub struct IntakeArgs {
     /// Register the fixed Claude Code agent card at start (for servers older than v0.37).
     #[arg(long)]
     pub register_card: bool,
+    /// Seconds a task poll may take before it is given up. A task the server hands out is
+    /// assigned at once and never offered again, so this must fit a loaded server.
+    #[arg(long, default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub poll_timeout: Duration,
+    /// Seconds a status report (or a task lookup) may take before it is retried; a report
+    /// without an answer is checked with the server before it is sent again.
+    #[arg(long, default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub status_timeout: Duration,
+}
+
+impl IntakeArgs {
+    /// The HTTP timeouts of the task endpoints.
+    pub fn timeouts(&self) -> agentserver::intake::TaskTimeouts {
+        agentserver::intake::TaskTimeouts {
+            poll: self.poll_timeout,
+            status: self.status_timeout,
+        }
+    }
 }
 
 impl Default for IntakeArgs {
@@ -271,6 +289,8 @@ impl Default for IntakeArgs {
             max_concurrent_tasks: 1,
             grace_period: Duration::from_secs(30),
             register_card: false,
+            poll_timeout: agentserver::intake::TaskTimeouts::default().poll,
+            status_timeout: agentserver::intake::TaskTimeouts::default().status,
         }
     }
 }

@@ -130,6 +130,22 @@ pub fn is_stale_connection(err: &reqwest::Error) -> bool {
     false
 }
 
+/// `segment` percent-encoded as one URL path segment: everything but the unreserved
+/// characters (`A-Z a-z 0-9 - . _ ~`) is escaped, `/`, `%`, `?` and `#` included. The dot
+/// segments `.` and `..` are the caller's to refuse (URL parsers resolve them even escaped).
+pub fn path_segment(segment: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 /// An error and its causes, joined with `: `, each message once (reqwest's own message is
 /// often only "error sending request"; the cause says why).
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -211,6 +227,16 @@ mod tests {
             .expect("resent on a new connection");
         assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn path_segments_escape_everything_that_is_not_unreserved() {
+        assert_eq!(path_segment("task_1-a.b~c"), "task_1-a.b~c");
+        assert_eq!(path_segment("../register"), "..%2Fregister");
+        assert_eq!(path_segment("..%2f"), "..%252f");
+        assert_eq!(path_segment("/tmp/pwn"), "%2Ftmp%2Fpwn");
+        assert_eq!(path_segment("a b?c#d"), "a%20b%3Fc%23d");
+        assert_eq!(path_segment("é"), "%C3%A9");
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ pub struct WorkerOptions {
     pub info_interval: Duration,
     /// Outbox root for final statuses (default `~/.agentserver/outbox`).
     pub outbox_dir: PathBuf,
+    /// HTTP timeouts of polls and status reports.
+    pub timeouts: crate::intake::TaskTimeouts,
 }
 
 impl WorkerOptions {
@@ -43,6 +45,7 @@ impl WorkerOptions {
             grace_period: Duration::from_secs(30),
             info_interval: Duration::from_secs(20),
             outbox_dir: crate::paths::outbox_dir(),
+            timeouts: Default::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Worker {
         intake_config.max_concurrent_tasks = options.max_concurrent_tasks.max(1);
         intake_config.grace_period = options.grace_period;
         intake_config.outbox_dir = options.outbox_dir.clone();
+        intake_config.timeouts = options.timeouts;
         let intake = match Intake::new(intake_config, backend.clone()) {
             Ok(intake) => intake,
             Err(err) => {
@@ -239,8 +243,8 @@ pub fn spawn_leftover_flush(
             config.shutdown_report_timeout = Duration::from_secs(30);
             match crate::intake::flush_outbox(config).await {
                 Ok(summary) => {
-                    let sent =
-                        (summary.replayed + summary.orphaned).saturating_sub(summary.unreported);
+                    let sent = (summary.replayed + summary.orphaned + summary.resumed)
+                        .saturating_sub(summary.unreported);
                     delivered += sent;
                     tracing::info!(
                         sandbox_id,

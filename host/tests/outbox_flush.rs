@@ -54,7 +54,15 @@ async fn a_new_host_delivers_an_old_sessions_statuses() {
             },
         })
         .unwrap();
-    outbox.mark_received([orphan.as_str()]).unwrap();
+    // The old host had started the orphan when it died.
+    let orphan_task = agentserver::intake::PolledTask {
+        task_id: orphan.clone(),
+        ..Default::default()
+    };
+    outbox
+        .mark_received(std::slice::from_ref(&orphan_task))
+        .unwrap();
+    outbox.mark_started(&orphan_task).unwrap();
     let store = SessionStore::new(dir.path().join("sessions"));
     store
         .save(&Session {

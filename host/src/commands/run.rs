@@ -78,6 +78,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.poll_interval = args.intake.poll_interval;
     options.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
     options.grace_period = args.intake.grace_period;
+    options.timeouts = args.intake.timeouts();
     let worker = Worker::start(&session, backend, options).await?;
     let leftovers = spawn_leftover_flush(
         store.clone(),

@@ -66,6 +66,7 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
     config.poll_interval = args.intake.poll_interval;
     config.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
     config.grace_period = args.intake.grace_period;
+    config.timeouts = args.intake.timeouts();
     let intake = Intake::new(config, backend.clone())?;
     let signals =
         SignalWatcher::install(intake.handle()).context("cannot install signal handlers")?;

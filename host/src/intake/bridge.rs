@@ -241,7 +241,8 @@ impl BridgeClient {
             .http
             .post(format!(
                 "{}/v1/agent/sessions/{}/bridge",
-                self.server, session_id
+                self.server,
+                crate::http::path_segment(session_id)
             ))
             .bearer_auth(self.proxy_token.expose())
             .timeout(self.timings.setup_timeout);

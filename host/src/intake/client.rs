@@ -7,11 +7,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-/// HTTP timeout of poll and status requests (spec §8.2, §8.3).
-pub const TASK_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default HTTP timeout of a task poll. Upstream uses 10 s (spec §8.2), but a polled task is
+/// assigned the moment the server answers and never offered again, so an answer that arrives
+/// after the client gave up is a lost task: the timeout must fit a loaded server.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default HTTP timeout of a status report and of a task lookup (spec §8.3, §14): a report
+/// that times out after the server applied it must be checked before it is sent again.
+pub const DEFAULT_STATUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest task id the host accepts (the server's are `task_<uuid>`, 41 bytes).
+pub const MAX_TASK_ID_LEN: usize = 256;
+
+/// Why a task id cannot be used: it would change the meaning of the URLs it goes into, or is
+/// absurd. Such a task is not run and not reported (there is no URL to report it to).
+pub fn check_task_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the task id is empty".into());
+    }
+    if id.len() > MAX_TASK_ID_LEN {
+        return Err(format!(
+            "the task id is {} bytes long (at most {MAX_TASK_ID_LEN})",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("the task id contains control characters".into());
+    }
+    if matches!(id, "." | "..") {
+        return Err(format!("the task id {id:?} is a relative path segment"));
+    }
+    Ok(())
+}
 
 /// A task as the poll endpoint returns it (spec §8.2).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolledTask {
     /// `task_<uuid>`.
     pub task_id: String,
@@ -71,7 +100,49 @@ pub struct StatusBody {
     pub failure_reason: Option<String>,
 }
 
+/// The most of a `result` the host sends: a longer one is cut with a marker at the end
+/// ([`StatusBody::within_limits`]); the outbox keeps what is sent.
+pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// The most of a `failure_reason` the host sends.
+pub const MAX_FAILURE_REASON_BYTES: usize = 16 * 1024;
+
+/// `text` cut to at most `cap` bytes (at a character boundary) plus a marker saying so, or
+/// `text` itself when it fits.
+fn cut(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_owned();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n[cut by the agentserver host: {end} of {} bytes]",
+        &text[..end],
+        text.len()
+    )
+}
+
 impl StatusBody {
+    /// This status with `result` and `failure_reason` cut to the documented caps
+    /// ([`MAX_RESULT_BYTES`], [`MAX_FAILURE_REASON_BYTES`]).
+    pub fn within_limits(mut self) -> Self {
+        self.result = self.result.map(|r| cut(&r, MAX_RESULT_BYTES));
+        self.failure_reason = self
+            .failure_reason
+            .map(|r| cut(&r, MAX_FAILURE_REASON_BYTES));
+        self
+    }
+
+    /// This status with `result` and `failure_reason` cut to `cap` bytes each (for a server
+    /// that refused it as too large).
+    pub fn shortened(&self, cap: usize) -> Self {
+        let mut body = self.clone();
+        body.result = body.result.map(|r| cut(&r, cap));
+        body.failure_reason = body.failure_reason.map(|r| cut(&r, cap));
+        body
+    }
+
     /// `{"status":"failed","failure_reason":…}`.
     pub fn failed(reason: impl Into<String>) -> Self {
         Self {
@@ -81,6 +152,58 @@ impl StatusBody {
             num_turns: None,
             failure_reason: Some(reason.into()),
         }
+    }
+}
+
+/// One poll answer, decoded item by item: a malformed item does not take the good ones with it
+/// (the server has assigned all of them already).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PollBatch {
+    /// The tasks to run.
+    pub tasks: Vec<PolledTask>,
+    /// Items that could not be decoded, or whose id cannot be used.
+    pub malformed: Vec<MalformedTask>,
+}
+
+/// A poll item that cannot be run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MalformedTask {
+    /// Its id when it has a usable one (it is then reported `failed` with `reason`).
+    pub task_id: Option<String>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl PollBatch {
+    /// Decodes a poll answer: `null` or a JSON array; each item on its own.
+    pub fn decode(body: &[u8]) -> Result<Self, ClientError> {
+        let items: Option<Vec<serde_json::Value>> =
+            serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut batch = Self::default();
+        for item in items.unwrap_or_default() {
+            let id = item
+                .get("task_id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+            let usable_id = id.clone().filter(|id| check_task_id(id).is_ok());
+            match serde_json::from_value::<PolledTask>(item) {
+                Ok(task) => match check_task_id(&task.task_id) {
+                    Ok(()) => batch.tasks.push(task),
+                    Err(reason) => batch.malformed.push(MalformedTask {
+                        task_id: None,
+                        reason,
+                    }),
+                },
+                Err(err) => batch.malformed.push(MalformedTask {
+                    task_id: usable_id,
+                    reason: match &id {
+                        Some(_) => format!("the server sent a malformed task: {err}"),
+                        None => format!("a task without a usable id: {err}"),
+                    },
+                }),
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -101,6 +224,9 @@ pub enum ClientError {
     /// The poll answer was not the expected JSON array.
     #[error("cannot decode poll response: {0}")]
     Decode(String),
+    /// The task id cannot be put into a URL ([`check_task_id`]); nothing was sent.
+    #[error("unusable task id: {0}")]
+    InvalidTaskId(String),
 }
 
 impl ClientError {
@@ -109,6 +235,35 @@ impl ClientError {
         match self {
             Self::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// True when the request may have been applied although no success came back: no
+    /// answer at all, a timeout, or a gateway or server error (a 502/504 from a proxy after
+    /// the server applied the request). A 429 or 503 is taken as "not applied".
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Status { status, .. } => matches!(*status, 408 | 500 | 502 | 504 | 520..=599),
+            Self::Decode(_) | Self::InvalidTaskId(_) => false,
+        }
+    }
+}
+
+/// Timeouts of the task endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskTimeouts {
+    /// A poll ([`DEFAULT_POLL_TIMEOUT`]).
+    pub poll: Duration,
+    /// A status report or task lookup ([`DEFAULT_STATUS_TIMEOUT`]).
+    pub status: Duration,
+}
+
+impl Default for TaskTimeouts {
+    fn default() -> Self {
+        Self {
+            poll: DEFAULT_POLL_TIMEOUT,
+            status: DEFAULT_STATUS_TIMEOUT,
         }
     }
 }
@@ -120,17 +275,35 @@ pub struct TaskClient {
     server: String,
     proxy_token: Secret,
     sandbox_id: String,
+    timeouts: TaskTimeouts,
 }
 
 impl TaskClient {
     /// A client for `server` (trailing `/` removed).
-    pub fn new(http: reqwest::Client, server: &str, proxy_token: Secret, sandbox_id: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        server: &str,
+        proxy_token: Secret,
+        sandbox_id: &str,
+        timeouts: TaskTimeouts,
+    ) -> Self {
         Self {
             http,
             server: server.trim_end_matches('/').to_owned(),
             proxy_token,
             sandbox_id: sandbox_id.to_owned(),
+            timeouts,
         }
+    }
+
+    /// `{server}/api/agent/tasks/{id}{suffix}`, the id percent-encoded as one path segment.
+    fn task_url(&self, task_id: &str, suffix: &str) -> Result<String, ClientError> {
+        check_task_id(task_id).map_err(ClientError::InvalidTaskId)?;
+        Ok(format!(
+            "{}/api/agent/tasks/{}{suffix}",
+            self.server,
+            crate::http::path_segment(task_id)
+        ))
     }
 
     /// The normalised server URL.
@@ -144,14 +317,14 @@ impl TaskClient {
     }
 
     /// `GET /api/agent/tasks/poll?sandbox_id=…`: up to 5 tasks, now assigned to this host.
-    pub async fn poll(&self) -> Result<Vec<PolledTask>, ClientError> {
+    pub async fn poll(&self) -> Result<PollBatch, ClientError> {
         let url = format!("{}/api/agent/tasks/poll", self.server);
         let request = self
             .http
             .get(url)
             .query(&[("sandbox_id", self.sandbox_id.as_str())])
             .bearer_auth(self.proxy_token.expose())
-            .timeout(TASK_HTTP_TIMEOUT);
+            .timeout(self.timeouts.poll);
         let (status, body) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
@@ -162,19 +335,17 @@ impl TaskClient {
             });
         }
         // `null` is tolerated as "no tasks".
-        let tasks: Option<Vec<PolledTask>> =
-            serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(tasks.unwrap_or_default())
+        PollBatch::decode(&body)
     }
 
     /// `GET /api/agent/tasks/{id}`: the task's current `status` (spec §14).
     pub async fn task_status(&self, task_id: &str) -> Result<String, ClientError> {
-        let url = format!("{}/api/agent/tasks/{}", self.server, task_id);
+        let url = self.task_url(task_id, "")?;
         let request = self
             .http
             .get(url)
             .bearer_auth(self.proxy_token.expose())
-            .timeout(TASK_HTTP_TIMEOUT);
+            .timeout(self.timeouts.status);
         let (status, body) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;
@@ -195,13 +366,13 @@ impl TaskClient {
 
     /// `PUT /api/agent/tasks/{id}/status`.
     pub async fn put_status(&self, task_id: &str, body: &StatusBody) -> Result<(), ClientError> {
-        let url = format!("{}/api/agent/tasks/{}/status", self.server, task_id);
+        let url = self.task_url(task_id, "/status")?;
         let request = self
             .http
             .put(url)
             .bearer_auth(self.proxy_token.expose())
             .json(body)
-            .timeout(TASK_HTTP_TIMEOUT);
+            .timeout(self.timeouts.status);
         let (status, text) = crate::http::send_and_read(request)
             .await
             .map_err(ClientError::Transport)?;

@@ -36,8 +36,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use bridge::BridgeTimings;
-pub use client::{PolledTask, StatusBody};
-pub use runner::{INTERRUPT_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX, failure_reason};
+pub use client::{PolledTask, StatusBody, TaskTimeouts};
+pub use runner::{
+    INTERRUPT_REASON, NOT_STARTED_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX,
+    failure_reason,
+};
 
 use backoff::jittered;
 use bridge::BridgeClient;
@@ -87,6 +90,8 @@ pub struct IntakeConfig {
     pub bridge: BridgeTimings,
     /// Capacity of a task's event channel (default 256).
     pub event_buffer: usize,
+    /// HTTP timeouts of polls and status reports (default 60 s each).
+    pub timeouts: TaskTimeouts,
 }
 
 impl IntakeConfig {
@@ -115,6 +120,7 @@ impl IntakeConfig {
             use_bridge: true,
             bridge: BridgeTimings::default(),
             event_buffer: 256,
+            timeouts: TaskTimeouts::default(),
         }
     }
 }
@@ -188,8 +194,13 @@ pub struct IntakeSummary {
     pub tasks_received: u64,
     /// Outbox entries replayed at start.
     pub replayed: usize,
-    /// Tasks an earlier run received but never finished (reported as failed at start).
+    /// Tasks an earlier run was running when it died (reported as failed at start).
     pub orphaned: usize,
+    /// Tasks an earlier run received but never started (run now; or, by [`flush_outbox`],
+    /// reported as never started).
+    pub resumed: usize,
+    /// Poll items that could not be run (malformed, or an unusable id).
+    pub malformed: usize,
     /// Statuses still undelivered at exit (kept in the outbox).
     pub unreported: usize,
 }
@@ -375,6 +386,7 @@ impl Intake {
             &config.server,
             config.proxy_token.clone(),
             &config.sandbox_id,
+            config.timeouts,
         );
         let bridge = BridgeClient::new(
             http,
@@ -450,21 +462,41 @@ impl Intake {
         for entry in pending {
             shared.reporter.deliver(entry, true);
         }
-        let orphans = shared.outbox.orphans()?;
-        summary.orphaned = orphans.len();
-        for task_id in orphans {
-            tracing::warn!(task = %task_id, "this task was running when the host stopped; reporting it as failed");
-            runner::finalize(
-                &shared,
-                &task_id,
-                StatusBody::failed(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}")),
-            )
-            .await;
+        let drain = self.handle.drain.clone();
+        let mut queue: VecDeque<PolledTask> = VecDeque::new();
+        for orphan in shared.outbox.orphans()? {
+            match orphan.never_started {
+                // Received but never started: it can still run, and this host runs it, unless
+                // it only flushes (another sandbox's outbox): then it says so truthfully.
+                Some(task) if !drain.is_cancelled() => {
+                    tracing::info!(task = %task.task_id, "this task was received but not started when the host stopped; running it now");
+                    summary.resumed += 1;
+                    shared.ledger.received(&task.task_id);
+                    queue.push_back(task);
+                }
+                Some(task) => {
+                    summary.resumed += 1;
+                    runner::finalize(
+                        &shared,
+                        &task.task_id,
+                        StatusBody::failed(format!("{SYSTEM_PREFIX}{NOT_STARTED_REASON}")),
+                    )
+                    .await;
+                }
+                None => {
+                    tracing::warn!(task = %orphan.task_id, "this task was running when the host stopped; reporting it as failed");
+                    summary.orphaned += 1;
+                    runner::finalize(
+                        &shared,
+                        &orphan.task_id,
+                        StatusBody::failed(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}")),
+                    )
+                    .await;
+                }
+            }
         }
 
-        let drain = self.handle.drain.clone();
         let max = shared.config.max_concurrent_tasks;
-        let mut queue: VecDeque<PolledTask> = VecDeque::new();
         let mut running: JoinSet<()> = JoinSet::new();
         let mut next_poll = Instant::now();
         let mut poll_failures = 0u32;
@@ -488,23 +520,25 @@ impl Intake {
                 let at = std::time::Instant::now();
                 let interval = jittered(shared.config.poll_interval, shared.config.poll_jitter);
                 match polled {
-                    Ok(tasks) => {
+                    Ok(batch) => {
                         if poll_failures > 0 {
                             tracing::info!("task polling works again");
                             poll_failures = 0;
                         }
+                        summary.malformed += batch.malformed.len();
+                        for bad in batch.malformed {
+                            report_malformed(&shared, bad).await;
+                        }
+                        let tasks = batch.tasks;
                         if tasks.is_empty() {
                             next_poll = Instant::now() + interval;
                         } else {
                             tracing::debug!(count = tasks.len(), "received tasks");
                             summary.tasks_received += tasks.len() as u64;
                             let outbox = shared.outbox.clone();
-                            let ids: Vec<String> =
-                                tasks.iter().map(|t| t.task_id.clone()).collect();
+                            let copies = tasks.clone();
                             let marked = tokio::task::spawn_blocking(move || {
-                                outbox
-                                    .mark_received(ids.iter().map(String::as_str))
-                                    .map_err(|e| e.to_string())
+                                outbox.mark_received(&copies).map_err(|e| e.to_string())
                             })
                             .await
                             .unwrap_or_else(|e| Err(e.to_string()));
@@ -600,6 +634,30 @@ impl Intake {
         }
         self.reporter_stop.cancel();
         Ok(summary)
+    }
+}
+
+/// A poll item that cannot run: reported `failed` with the reason when it has a usable id
+/// (the server assigned it, so it must get a final status), logged loudly when it has none.
+async fn report_malformed(shared: &Shared, bad: client::MalformedTask) {
+    match bad.task_id {
+        Some(task_id) => {
+            tracing::error!(task = %task_id, reason = %bad.reason, "cannot run a task the server sent; reporting it as failed");
+            let _ = shared.events.send(IntakeEvent::Polled {
+                task_id: task_id.clone(),
+                at: std::time::Instant::now(),
+            });
+            shared.ledger.received(&task_id);
+            runner::finalize(
+                shared,
+                &task_id,
+                StatusBody::failed(format!("{SYSTEM_PREFIX}{}", bad.reason)),
+            )
+            .await;
+        }
+        None => {
+            tracing::error!(reason = %bad.reason, "the server sent a task this host can neither run nor report (no usable id); it stays assigned on the server");
+        }
     }
 }
 

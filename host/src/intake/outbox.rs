@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::client::StatusBody;
+use super::client::{PolledTask, StatusBody};
 
 /// Format version of [`OutboxEntry`] files.
 pub const OUTBOX_VERSION: u32 = 1;
@@ -123,26 +123,59 @@ impl Outbox {
         Ok(to)
     }
 
+    /// Keeps a copy of the whole entry in `rejected/<task>.full.json` before it is shortened
+    /// for a server that refuses its size; an existing copy (the longest) is kept.
+    pub fn keep_full(&self, entry: &OutboxEntry) -> Result<PathBuf, OutboxError> {
+        let rejected = self.dir.join("rejected");
+        create_private_dir(&rejected)?;
+        let path = rejected.join(format!("{}.full.json", file_stem(&entry.task_id)));
+        if !path.exists() {
+            let bytes = serde_json::to_vec_pretty(entry)?;
+            crate::state::fsutil::write_private_atomic(&path, &bytes)
+                .map_err(io("write", &path))?;
+        }
+        Ok(path)
+    }
+
     fn received_dir(&self) -> PathBuf {
         self.dir.join("received")
     }
 
-    /// Notes durably that these tasks were received (before they run), so a host killed while
-    /// running them can report them at its next start ([`Outbox::orphans`]). One directory
-    /// fsync for the whole batch; the marker's existence is what counts.
+    /// Notes durably that these tasks were received (before they run), with everything needed
+    /// to run them, so a host killed before it started one runs it at its next start, and one
+    /// killed while running one reports it ([`Outbox::orphans`]). One directory fsync for the
+    /// whole batch.
     pub fn mark_received<'a>(
         &self,
-        task_ids: impl IntoIterator<Item = &'a str>,
+        tasks: impl IntoIterator<Item = &'a PolledTask>,
     ) -> Result<(), OutboxError> {
         let dir = self.received_dir();
         create_private_dir(&dir)?;
-        for id in task_ids {
-            let path = dir.join(file_stem(id));
+        for task in tasks {
+            let path = dir.join(file_stem(&task.task_id));
+            let marker = ReceivedMarker {
+                task: task.clone(),
+                started: false,
+            };
+            let bytes = serde_json::to_vec(&marker)?;
             let mut f = private_file(&path).map_err(io("create", &path))?;
-            f.write_all(id.as_bytes()).map_err(io("write", &path))?;
+            f.write_all(&bytes).map_err(io("write", &path))?;
+            f.sync_data().map_err(io("fsync", &path))?;
         }
         sync_dir(&dir);
         Ok(())
+    }
+
+    /// Notes durably that a received task has started: from now on a host that dies leaves a
+    /// task that ran (reported `failed`), not one to run again.
+    pub fn mark_started(&self, task: &PolledTask) -> Result<(), OutboxError> {
+        let path = self.received_dir().join(file_stem(&task.task_id));
+        let marker = ReceivedMarker {
+            task: task.clone(),
+            started: true,
+        };
+        let bytes = serde_json::to_vec(&marker)?;
+        crate::state::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))
     }
 
     /// Drops a task's "received" marker (its outcome entry is on disk, or it was delivered).
@@ -157,7 +190,7 @@ impl Outbox {
 
     /// Tasks received by an earlier run that never got an outcome entry (the host died while
     /// they ran). Their markers are left for the caller to clear once it has written outcomes.
-    pub fn orphans(&self) -> Result<Vec<String>, OutboxError> {
+    pub fn orphans(&self) -> Result<Vec<Orphan>, OutboxError> {
         let dir = self.received_dir();
         let read = match std::fs::read_dir(&dir) {
             Ok(r) => r,
@@ -171,19 +204,37 @@ impl Outbox {
             if name.starts_with('.') {
                 continue;
             }
-            let id = std::fs::read_to_string(item.path())
+            let text = std::fs::read(item.path()).unwrap_or_default();
+            let marker = serde_json::from_slice::<ReceivedMarker>(&text)
                 .ok()
-                .filter(|text| file_stem(text) == name)
-                .or_else(|| id_from_stem(&name));
-            let Some(id) = id else { continue };
-            if self.path_of(&id).exists() {
+                .filter(|m| file_stem(&m.task.task_id) == name);
+            let orphan = match marker {
+                Some(marker) => Orphan {
+                    task_id: marker.task.task_id.clone(),
+                    never_started: (!marker.started).then_some(marker.task),
+                },
+                None => {
+                    // An older marker (the id alone), or one cut short by a crash: whether the
+                    // task ran is unknown, so it is reported, never run twice.
+                    let id = String::from_utf8(text)
+                        .ok()
+                        .filter(|text| file_stem(text) == name)
+                        .or_else(|| id_from_stem(&name));
+                    let Some(task_id) = id else { continue };
+                    Orphan {
+                        task_id,
+                        never_started: None,
+                    }
+                }
+            };
+            if self.path_of(&orphan.task_id).exists() {
                 // Outcome written, marker not yet cleared.
-                self.clear_received(&id);
+                self.clear_received(&orphan.task_id);
                 continue;
             }
-            ids.push(id);
+            ids.push(orphan);
         }
-        ids.sort();
+        ids.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         Ok(ids)
     }
 
@@ -212,6 +263,23 @@ impl Outbox {
         entries.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
         Ok(entries)
     }
+}
+
+/// What `received/<task>` holds: the task as polled, and whether it has started.
+#[derive(Serialize, Deserialize)]
+struct ReceivedMarker {
+    task: PolledTask,
+    started: bool,
+}
+
+/// A task an earlier run received but never finished ([`Outbox::orphans`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Orphan {
+    /// The task.
+    pub task_id: String,
+    /// The task itself when it never started (the host died between receiving and starting
+    /// it): it can still be run. `None` when it was running, or when that is not known.
+    pub never_started: Option<PolledTask>,
 }
 
 /// A file-name-safe form of an id: kept as is when it is made of `[A-Za-z0-9_.-]` (and does
@@ -384,14 +452,58 @@ mod tests {
     fn received_markers_find_orphans() {
         let tmp = tempfile::tempdir().unwrap();
         let ob = Outbox::open(tmp.path(), "sbx").unwrap();
-        ob.mark_received(["task_a", "task_b", "we/ird"]).unwrap();
+        let tasks: Vec<PolledTask> = ["task_a", "task_b", "we/ird"]
+            .into_iter()
+            .map(|id| PolledTask {
+                task_id: id.into(),
+                prompt: format!("prompt of {id}"),
+                ..Default::default()
+            })
+            .collect();
+        ob.mark_received(&tasks).unwrap();
         ob.write(&entry("task_b", "2026-01-01T00:00:00Z")).unwrap();
-        assert_eq!(ob.orphans().unwrap(), ["task_a", "we/ird"]);
+        ob.mark_started(&tasks[2]).unwrap();
+        let orphans = ob.orphans().unwrap();
+        let ids: Vec<&str> = orphans.iter().map(|o| o.task_id.as_str()).collect();
+        assert_eq!(ids, ["task_a", "we/ird"]);
+        // task_a never started: the marker holds the whole task, to be run again.
+        assert_eq!(orphans[0].never_started.as_ref(), Some(&tasks[0]));
+        // we/ird had started: it is reported, not run twice.
+        assert_eq!(orphans[1].never_started, None);
         ob.clear_received("task_a");
         ob.clear_received("we/ird");
         assert!(ob.orphans().unwrap().is_empty());
         // The entry itself is still pending; only markers are gone.
         assert_eq!(ob.pending().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_old_or_cut_short_marker_is_an_orphan_that_is_not_run_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(tmp.path(), "sbx").unwrap();
+        std::fs::create_dir_all(ob.dir().join("received")).unwrap();
+        // The format before markers held the task: the id alone.
+        std::fs::write(ob.dir().join("received").join("task_old"), "task_old").unwrap();
+        // A marker a crash cut short.
+        std::fs::write(
+            ob.dir().join("received").join("task_cut"),
+            "{\"task\":{\"ta",
+        )
+        .unwrap();
+        let orphans = ob.orphans().unwrap();
+        assert_eq!(
+            orphans,
+            [
+                Orphan {
+                    task_id: "task_cut".into(),
+                    never_started: None
+                },
+                Orphan {
+                    task_id: "task_old".into(),
+                    never_started: None
+                },
+            ]
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::IntakeEvent;
 use super::backoff::Backoff;
-use super::client::{ClientError, TaskClient, is_final_status};
+use super::client::{ClientError, StatusBody, TaskClient, is_final_status};
 use super::outbox::{Outbox, OutboxEntry};
 
 /// How the reporter retries.
@@ -110,37 +110,124 @@ impl Reporter {
     }
 }
 
-/// Whether the server already holds a final status for the task (a lost answer to an
-/// earlier attempt, or a crash between the answer and the outbox removal). Any error → no.
-async fn already_final(inner: &Inner, task_id: &str) -> bool {
+/// What the server says about a task whose status may already have been applied.
+enum Check {
+    /// It holds a final status: do not send ours again.
+    Final,
+    /// It does not (or cannot be asked on this server): send.
+    Send,
+    /// The question got no answer (no connection, timeout, 5xx, 429): ask again later,
+    /// never resend blind.
+    Unknown(ClientError),
+}
+
+/// Asks `GET /api/agent/tasks/{id}` whether the task already holds a final status (a lost
+/// answer to an earlier attempt, or a crash between the answer and the outbox removal).
+async fn check_final(inner: &Inner, task_id: &str) -> Check {
     match inner.client.task_status(task_id).await {
         Ok(status) if is_final_status(&status) => {
             tracing::info!(task = %task_id, %status, "the server already has a final status for this task; not sending it again");
-            true
+            Check::Final
         }
-        Ok(_) => false,
+        Ok(_) => Check::Send,
+        Err(err) if err.is_ambiguous() || matches!(err.status(), Some(429 | 503)) => {
+            Check::Unknown(err)
+        }
+        // A definite refusal (404: the task is gone, and the PUT will say so; another 4xx:
+        // a server without the lookup) or an undecodable detail: the check cannot help.
         Err(err) => {
-            tracing::debug!(task = %task_id, %err, "cannot check the task's status; sending it");
-            false
+            tracing::debug!(task = %task_id, %err, "cannot check the task's status on this server; sending it");
+            Check::Send
         }
     }
 }
 
-async fn deliver_loop(inner: &Inner, entry: OutboxEntry, mut verify_first: bool) {
+/// The answer to one delivery attempt.
+enum Attempt {
+    /// Delivered now, or found already delivered.
+    Delivered,
+    /// The status PUT failed.
+    Put(ClientError),
+    /// The status may have been applied and the server could not say: not sent.
+    Unverified(ClientError),
+}
+
+/// The caps a status is cut to, one after the other, while the server answers 413.
+const SHORTENED_CAPS: [usize; 3] = [64 * 1024, 4 * 1024, 0];
+
+/// Cuts `entry` (from its `full` body) to the next of [`SHORTENED_CAPS`] after `done` earlier
+/// cuts, keeping the full entry in `rejected/` (once) and the cut one in the outbox; `None`
+/// when there is no shorter form left.
+fn shorten_for_server(
+    inner: &Inner,
+    entry: &mut OutboxEntry,
+    full: &StatusBody,
+    done: usize,
+) -> Option<usize> {
+    let cap = *SHORTENED_CAPS.get(done)?;
+    if done == 0
+        && let Err(err) = inner.outbox.keep_full(entry)
+    {
+        tracing::error!(task = %entry.task_id, %err, "cannot keep the full status text before shortening it");
+    }
+    entry.body = full.shortened(cap);
+    if let Err(err) = inner.outbox.write(entry) {
+        tracing::error!(task = %entry.task_id, %err, "cannot write the shortened status to the outbox");
+    }
+    Some(cap)
+}
+
+/// Moves an entry the server refuses for good to `rejected/`.
+fn reject(inner: &Inner, entry: &OutboxEntry, status: u16, body: &str) {
+    match inner.outbox.reject(&entry.task_id) {
+        Ok(path) => {
+            tracing::error!(task = %entry.task_id, status, %body, path = %path.display(), "the server refused this task status; kept for inspection")
+        }
+        Err(err) => {
+            tracing::error!(task = %entry.task_id, status, %body, %err, "the server refused this task status")
+        }
+    }
+    let _ = inner.events.send(IntakeEvent::StatusDropped {
+        task_id: entry.task_id.clone(),
+        http_status: status,
+    });
+}
+
+async fn deliver_loop(inner: &Inner, mut entry: OutboxEntry, mut verify_first: bool) {
     let mut backoff = Backoff::new(inner.timings.initial, inner.timings.max);
     let mut failures = 0u32;
+    let mut shortened = 0usize;
+    let mut full_body: Option<StatusBody> = None;
     loop {
         let attempt = tokio::select! {
             _ = inner.stop.cancelled() => return,
             r = async {
-                if verify_first && already_final(inner, &entry.task_id).await {
-                    return Ok(());
+                if verify_first {
+                    match check_final(inner, &entry.task_id).await {
+                        Check::Final => return Attempt::Delivered,
+                        Check::Unknown(err) => return Attempt::Unverified(err),
+                        Check::Send => {}
+                    }
                 }
-                inner.client.put_status(&entry.task_id, &entry.body).await
+                match inner.client.put_status(&entry.task_id, &entry.body).await {
+                    Ok(()) => Attempt::Delivered,
+                    Err(err) => Attempt::Put(err),
+                }
             } => r,
         };
-        // An answer that never arrived leaves it open whether the server applied the status.
-        verify_first = matches!(attempt, Err(ClientError::Transport(_)));
+        let attempt = match attempt {
+            Attempt::Delivered => Ok(()),
+            Attempt::Put(err) => {
+                // An answer that never arrived, or a gateway's error after the server may
+                // have applied it: whether the status is stored is open, so ask first.
+                verify_first = err.is_ambiguous();
+                Err(err)
+            }
+            Attempt::Unverified(err) => {
+                verify_first = true;
+                Err(err)
+            }
+        };
         match attempt {
             Ok(()) => {
                 let at = std::time::Instant::now();
@@ -172,22 +259,28 @@ async fn deliver_loop(inner: &Inner, entry: OutboxEntry, mut verify_first: bool)
                 });
                 return;
             }
+            Err(ClientError::Status { status: 413, body }) => {
+                let full = full_body.get_or_insert_with(|| entry.body.clone()).clone();
+                match shorten_for_server(inner, &mut entry, &full, shortened) {
+                    Some(cap) => {
+                        shortened += 1;
+                        tracing::warn!(task = %entry.task_id, %body, cap, "the server refused the status as too large; sending it shortened (the full text stays in the outbox's rejected folder)");
+                        // 413 means it was not applied: send the shorter one at once.
+                        verify_first = false;
+                        continue;
+                    }
+                    None => {
+                        tracing::error!(task = %entry.task_id, %body, "the server refuses even the shortest form of this status as too large");
+                        reject(inner, &entry, 413, &body);
+                        return;
+                    }
+                }
+            }
             Err(ClientError::Status {
                 status: status @ (400 | 422),
                 body,
             }) => {
-                match inner.outbox.reject(&entry.task_id) {
-                    Ok(path) => {
-                        tracing::error!(task = %entry.task_id, status, %body, path = %path.display(), "the server refused this task status; kept for inspection")
-                    }
-                    Err(err) => {
-                        tracing::error!(task = %entry.task_id, status, %body, %err, "the server refused this task status")
-                    }
-                }
-                let _ = inner.events.send(IntakeEvent::StatusDropped {
-                    task_id: entry.task_id.clone(),
-                    http_status: status,
-                });
+                reject(inner, &entry, status, &body);
                 return;
             }
             Err(err) => {

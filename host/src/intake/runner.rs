@@ -26,6 +26,10 @@ pub const INTERRUPT_REASON: &str = "cancelled by interrupt request";
 /// `failure_reason` (after [`SYSTEM_PREFIX`]) of a task found unfinished at start: the host
 /// died (crash, SIGKILL, power loss) while running it.
 pub const ORPHAN_REASON: &str = "the host stopped while the task was running";
+/// `failure_reason` (after [`SYSTEM_PREFIX`]) of a task an earlier run received but never
+/// started, reported by a host that cannot run it ([`super::flush_outbox`]).
+pub const NOT_STARTED_REASON: &str =
+    "the host stopped after receiving the task and before starting it; it never ran";
 /// Prefix of the `failure_reason` of system failures (the host or the backend broke).
 pub const SYSTEM_PREFIX: &str = "system error: ";
 
@@ -80,6 +84,7 @@ fn system(reason: impl std::fmt::Display) -> StatusBody {
 /// Writes the final status to the outbox (durably, off the async threads) and hands it to the
 /// reporter.
 pub(crate) async fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
+    let body = body.within_limits();
     let entry = OutboxEntry {
         version: OUTBOX_VERSION,
         task_id: task_id.to_owned(),
@@ -128,6 +133,17 @@ enum ExecResult {
 /// Runs one polled task to its final status (always ends in [`finalize`]).
 pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: CancellationToken) {
     let task_id = polled.task_id.clone();
+    let outbox = shared.outbox.clone();
+    let marker = polled.clone();
+    let marked = tokio::task::spawn_blocking(move || outbox.mark_started(&marker))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(err) = marked {
+        // Only the restart behaviour is at stake: the marker still says "not started", so a
+        // crash during the task would run it again at the next start. Say so.
+        tracing::warn!(task = %task_id, %err, "cannot note on disk that the task started; a crash now would run it again at the next start");
+    }
     let _ = shared.events.send(IntakeEvent::Started {
         task_id: task_id.clone(),
         at: std::time::Instant::now(),

@@ -181,14 +181,7 @@ fn non_empty_array(body: &str) -> bool {
     serde_json::from_str::<Vec<serde::de::IgnoredAny>>(body).is_ok_and(|v| !v.is_empty())
 }
 
-/// Percent-encodes one URL path segment.
-fn path_segment(s: &str) -> String {
-    let mut url = url::Url::parse("http://x/").expect("static URL parses");
-    url.path_segments_mut()
-        .expect("http URLs have path segments")
-        .push(s);
-    url.path()[1..].to_owned()
-}
+use crate::http::path_segment;
 
 impl Tools {
     /// Tools calling through `api`; `self_id` is sent as `requester_id`.

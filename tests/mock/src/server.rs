@@ -280,7 +280,11 @@ async fn record_and_faults(
     if let Some(resp) = faults::apply(&state, &method, &path).await {
         return resp;
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    match faults::apply_after(&state, &method, &path).await {
+        Some(replaced) => replaced,
+        None => resp,
+    }
 }
 
 /// `GET /api/tunnel/{sandbox_id}?token=`: checks the tunnel token and upgrades to a WebSocket

@@ -198,7 +198,17 @@ pub(crate) async fn poll(
         return http_error(StatusCode::FORBIDDEN, "forbidden");
     }
     let now = Utc::now();
-    let items: Vec<Value> = {
+    let (overrides, injections) = {
+        let mut faults = crate::state::lock(&state.faults);
+        let injections: Vec<Value> = faults
+            .poll_injections
+            .extract_if(.., |(sb, _)| *sb == sandbox.id)
+            .map(|(_, item)| item)
+            .collect();
+        (std::mem::take(&mut faults.poll_overrides), injections)
+    };
+    let mut unused_overrides = Vec::new();
+    let mut items: Vec<Value> = {
         let mut inner = state.inner();
         inner
             .tasks
@@ -218,10 +228,27 @@ pub(crate) async fn poll(
                 if let Some(sid) = &t.session_id {
                     item["session_id"] = json!(sid);
                 }
+                for (id, fields) in &overrides {
+                    if *id == t.id
+                        && let (Some(item), Some(fields)) =
+                            (item.as_object_mut(), fields.as_object())
+                    {
+                        item.extend(fields.clone());
+                    }
+                }
                 item
             })
             .collect()
     };
+    for (id, fields) in overrides {
+        if !items.iter().any(|i| i["task_id"] == json!(id)) {
+            unused_overrides.push((id, fields));
+        }
+    }
+    crate::state::lock(&state.faults)
+        .poll_overrides
+        .extend(unused_overrides);
+    items.extend(injections);
     state.notify();
     Json(Value::Array(items)).into_response()
 }
@@ -318,6 +345,12 @@ pub(crate) async fn update_status(
     };
     if task.target_id != sandbox.id {
         return http_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    if crate::state::lock(&state.faults)
+        .status_body_limit
+        .is_some_and(|limit| body.len() > limit)
+    {
+        return http_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     let Ok(raw) = serde_json::from_slice::<Value>(&body) else {
         return http_error(StatusCode::BAD_REQUEST, "bad request");
