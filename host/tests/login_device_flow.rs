@@ -400,3 +400,41 @@ async fn a_server_outage_while_polling_is_retried_and_login_still_succeeds() {
     assert!(token_polls(&state.requests()).len() >= 4);
     assert!(home.path().join(".credentials.json").exists());
 }
+
+#[tokio::test]
+async fn endless_answers_are_cut_off_and_never_exhaust_memory() {
+    let mock = MockServer::start(MockConfig {
+        approve_after_polls: 1,
+        device_interval_secs: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let state = mock.state();
+    let home = tempfile::tempdir().unwrap();
+    let ctx = auth_in(home.path());
+
+    // A device-code answer that never ends: one clear error, read only up to the cap.
+    state.answer_endless("POST", "/api/oauth2/device/auth", 1);
+    let err = tokio::time::timeout(
+        TIMEOUT,
+        ctx.login(&mock.url(), &QuietLoginUi, &CancellationToken::new()),
+    )
+    .await
+    .expect("the endless answer was read without a bound")
+    .unwrap_err();
+    let text = agentserver::http::error_chain(&err);
+    assert!(text.contains("larger than"), "{text}");
+
+    // A token poll answered endlessly is dropped like a network error; the next poll logs in.
+    state.answer_endless("POST", "/api/oauth2/token", 1);
+    let creds = tokio::time::timeout(
+        TIMEOUT,
+        ctx.login(&mock.url(), &QuietLoginUi, &CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(state.access_token_active(creds.access_token.expose()));
+    assert_eq!(token_polls(&state.requests()).len(), 2);
+}

@@ -19,7 +19,8 @@ use crate::secret::Secret;
 /// Most events in one `POST …/worker/events` (the server's limit).
 pub const MAX_BATCH: usize = 100;
 
-/// Largest SSE line accepted (the upstream SDK stops at 1 MiB; we allow more).
+/// Largest SSE line, and largest data of one SSE event, accepted from the bridge (the
+/// upstream SDK stops lines at 1 MiB; we allow more).
 pub const MAX_SSE_LINE: usize = 16 * 1024 * 1024;
 /// How much of an error answer's body is read (it only goes into an error message).
 const ERROR_BODY_CAP: usize = 64 * 1024;
@@ -537,7 +538,10 @@ async fn sse_once(shared: &Shared, high_water: &mut u64, on_inbound: &InboundHan
         };
         let events = match parser.feed(&chunk) {
             Ok(ev) => ev,
-            Err(e) => return SseEnd::Parse(e),
+            Err(e) => {
+                tracing::warn!(session = %shared.session_id, err = %e, "dropping the bridge event stream: it sent more than the host accepts; reconnecting");
+                return SseEnd::Parse(e);
+            }
         };
         for ev in events {
             if let Some(seq) = ev

@@ -445,12 +445,45 @@ impl Intake {
         self.handle.clone()
     }
 
+    /// Takes the outbox's owner lock. An intake that only flushes (drained before it runs)
+    /// gives up when another host holds it; a serving intake waits (the holder is a flush by
+    /// another host, bounded by its report timeout), saying so when it has to.
+    async fn claim_outbox(&self) -> Result<Option<crate::state::fsutil::LockFile>, IntakeError> {
+        let outbox = self.shared.outbox.clone();
+        if let Some(lock) = outbox.claim()? {
+            return Ok(Some(lock));
+        }
+        if self.handle.is_draining() {
+            return Ok(None);
+        }
+        tracing::info!(sandbox_id = %self.shared.config.sandbox_id, "another host is delivering this sandbox's earlier statuses; waiting for it to finish");
+        let path = outbox.dir().join(".owner.lock");
+        let lock =
+            tokio::task::spawn_blocking(move || crate::state::fsutil::LockFile::acquire(&path))
+                .await
+                .map_err(|e| IntakeError::Config(format!("outbox lock task failed: {e}")))?
+                .map_err(|source| {
+                    IntakeError::Outbox(outbox::OutboxError::Io {
+                        op: "lock",
+                        path: self.shared.outbox.dir().join(".owner.lock"),
+                        source,
+                    })
+                })?;
+        Ok(Some(lock))
+    }
+
     /// Runs until drained: replays the outbox, polls, runs tasks, and after
     /// [`IntakeHandle::drain`] waits for running tasks (cancelling them when the grace period
     /// ends) and for their statuses (up to [`IntakeConfig::shutdown_report_timeout`]).
     pub async fn run(self) -> Result<IntakeSummary, IntakeError> {
         let shared = self.shared.clone();
         let mut summary = IntakeSummary::default();
+        // One deliverer per sandbox outbox across every host sharing this state directory.
+        let Some(_owner) = self.claim_outbox().await? else {
+            tracing::info!(sandbox_id = %shared.config.sandbox_id, "another live host is delivering this sandbox's statuses; leaving them to it");
+            self.reporter_stop.cancel();
+            return Ok(summary);
+        };
         let pending = shared.outbox.pending()?;
         summary.replayed = pending.len();
         if !pending.is_empty() {

@@ -81,6 +81,14 @@ impl Outbox {
         })
     }
 
+    /// Claims the delivery of this sandbox's entries for this process, until the returned
+    /// lock is dropped: `Ok(None)` when another live host holds it (it is delivering them, so
+    /// replaying them here would send statuses twice). Lock file: `<dir>/.owner.lock`.
+    pub fn claim(&self) -> Result<Option<crate::state::fsutil::LockFile>, OutboxError> {
+        let path = self.dir.join(".owner.lock");
+        crate::state::fsutil::LockFile::try_acquire(&path).map_err(io("lock", &path))
+    }
+
     /// The directory entries live in.
     pub fn dir(&self) -> &Path {
         &self.dir

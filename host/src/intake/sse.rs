@@ -18,6 +18,9 @@ pub enum SseError {
     /// A single line grew beyond the parser's limit.
     #[error("SSE line longer than {0} bytes")]
     LineTooLong(usize),
+    /// The `data` of one event (never dispatched by a blank line) grew beyond the limit.
+    #[error("SSE event larger than {0} bytes")]
+    EventTooLong(usize),
 }
 
 /// Feeds bytes in, gets events out. Lines may end in `\n`, `\r\n` or `\r`.
@@ -29,11 +32,13 @@ pub struct SseParser {
     event: String,
     id: Option<String>,
     data: Vec<String>,
+    data_len: usize,
     has_fields: bool,
 }
 
 impl SseParser {
-    /// A parser that refuses lines longer than `max_line` bytes.
+    /// A parser that refuses a line, or the `data` of one event, longer than `max_line`
+    /// bytes: what it holds is bounded by twice that, whatever the stream sends.
     pub fn new(max_line: usize) -> Self {
         Self {
             max_line,
@@ -42,6 +47,7 @@ impl SseParser {
             event: String::new(),
             id: None,
             data: Vec::new(),
+            data_len: 0,
             has_fields: false,
         }
     }
@@ -57,10 +63,10 @@ impl SseParser {
                 }
             }
             match b {
-                b'\n' => self.end_line(&mut out),
+                b'\n' => self.end_line(&mut out)?,
                 b'\r' => {
                     self.last_was_cr = true;
-                    self.end_line(&mut out);
+                    self.end_line(&mut out)?;
                 }
                 _ => {
                     if self.line.len() >= self.max_line {
@@ -73,7 +79,7 @@ impl SseParser {
         Ok(out)
     }
 
-    fn end_line(&mut self, out: &mut Vec<SseEvent>) {
+    fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         let line = std::mem::take(&mut self.line);
         let line = String::from_utf8_lossy(&line);
         if line.is_empty() {
@@ -84,11 +90,12 @@ impl SseParser {
                     data: std::mem::take(&mut self.data).join("\n"),
                 });
             }
+            self.data_len = 0;
             self.has_fields = false;
-            return;
+            return Ok(());
         }
         if line.starts_with(':') {
-            return;
+            return Ok(());
         }
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
@@ -97,10 +104,19 @@ impl SseParser {
         match field {
             "event" => self.event = value.to_owned(),
             "id" => self.id = Some(value.to_owned()),
-            "data" => self.data.push(value.to_owned()),
-            _ => return,
+            "data" => {
+                self.data_len += value.len() + 1;
+                if self.data_len > self.max_line {
+                    self.data.clear();
+                    self.data_len = 0;
+                    return Err(SseError::EventTooLong(self.max_line));
+                }
+                self.data.push(value.to_owned());
+            }
+            _ => return Ok(()),
         }
         self.has_fields = true;
+        Ok(())
     }
 }
 
@@ -147,5 +163,24 @@ mod tests {
     fn refuses_overlong_lines() {
         let mut p = SseParser::new(4);
         assert_eq!(p.feed(b"data: long"), Err(SseError::LineTooLong(4)));
+    }
+
+    #[test]
+    fn refuses_an_event_that_is_never_dispatched() {
+        // Short lines, but one event that never ends: refused once its data passes the cap.
+        let mut p = SseParser::new(64);
+        let mut result = Ok(Vec::new());
+        for _ in 0..100 {
+            result = p.feed(b"data: 0123456789\n");
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(SseError::EventTooLong(64)));
+        // Dispatched events reset the count.
+        let mut p = SseParser::new(64);
+        for _ in 0..100 {
+            assert_eq!(p.feed(b"data: 0123456789\n\n").unwrap().len(), 1);
+        }
     }
 }

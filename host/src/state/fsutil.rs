@@ -109,6 +109,27 @@ impl LockFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Like [`LockFile::acquire`] without waiting: `Ok(None)` when another process (or
+    /// another open file of this one) holds the lock.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
+        ensure_private_dir(&parent_dir(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
+            .open(path)?;
+        if !FileExt::try_lock_exclusive(&file)? {
+            return Ok(None);
+        }
+        tracing::trace!(path = %path.display(), "lock acquired");
+        Ok(Some(Self {
+            _file: file,
+            path: path.to_path_buf(),
+        }))
+    }
 }
 
 impl Drop for LockFile {

@@ -332,3 +332,64 @@ async fn wait_acked(events: &mut tokio::sync::broadcast::Receiver<IntakeEvent>, 
     .await
     .expect("the status was not accepted in time");
 }
+
+#[tokio::test]
+async fn an_endless_poll_answer_is_dropped_and_polling_goes_on() {
+    let env = Env::start(false).await;
+    let state = env.state();
+    state.answer_endless("GET", "/api/agent/tasks/poll", 2);
+    let running = start_intake(env.config(), TestBackend::new());
+    assert!(
+        state
+            .wait_until(T, |s| s.requests_to("GET", "/api/agent/tasks/poll").len()
+                >= 3)
+            .await,
+        "polling stopped after the endless answers"
+    );
+    let id = state.create_task(&env.sandbox.id, "succeed:after");
+    assert_one_final(&wait_final(&state, &id, T).await, "completed");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_flush_never_sends_what_a_live_host_is_delivering() {
+    let env = Env::start(false).await;
+    let state = env.state();
+    let id = state.create_task(&env.sandbox.id, "succeed:x");
+    state.set_task_status(&id, "assigned");
+    // The live host has the status in its outbox and keeps failing to deliver it for a while.
+    state.fail_next("PUT", &status_path(&id), 503, 6);
+    let outbox = Outbox::open(&env.home.path().join("outbox"), &env.sandbox.id).unwrap();
+    outbox
+        .write(&agentserver::intake::outbox::OutboxEntry {
+            version: agentserver::intake::outbox::OUTBOX_VERSION,
+            task_id: id.clone(),
+            sandbox_id: env.sandbox.id.clone(),
+            server: env.mock.url(),
+            finished_at: "2026-12-01T00:00:00Z".into(),
+            body: agentserver::intake::StatusBody {
+                status: "completed".into(),
+                result: Some("once".into()),
+                total_cost_usd: None,
+                num_turns: None,
+                failure_reason: None,
+            },
+        })
+        .unwrap();
+    let live = start_intake(env.config(), TestBackend::new());
+    assert!(
+        state
+            .wait_until(T, |s| !s.requests_to("PUT", &status_path(&id)).is_empty())
+            .await
+    );
+    // Another host sharing the state directory starts and flushes leftovers: it must leave
+    // this sandbox's entries to the live host.
+    let summary = agentserver::intake::flush_outbox(env.config())
+        .await
+        .unwrap();
+    assert_eq!(summary.replayed, 0, "{summary:?}");
+    assert_one_final(&wait_final(&state, &id, T).await, "completed");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_one_final(&state.task(&id).unwrap(), "completed");
+    live.stop().await;
+}

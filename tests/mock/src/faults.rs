@@ -41,6 +41,8 @@ pub(crate) struct Faults {
     stall_until: Option<Instant>,
     route_faults: Vec<RouteFault>,
     after_faults: Vec<AfterFault>,
+    /// Requests answered 200 with a body that never ends ([`MockState::answer_endless`]).
+    endless: Vec<RouteFault>,
     /// `PUT …/status` bodies larger than this answer 413 (see [`MockState::limit_status_body`]).
     pub(crate) status_body_limit: Option<usize>,
     /// Per task id: fields replaced in its next poll item ([`MockState::corrupt_poll_item`]).
@@ -128,6 +130,18 @@ impl MockState {
         });
     }
 
+    /// The next `times` requests whose path starts with `path_prefix` (and whose method is
+    /// `method`, unless it is `*`) are answered 200 with a JSON-looking body that never ends
+    /// (`[[[[…`, streamed as fast as the client reads): a broken proxy or a hostile server.
+    pub fn answer_endless(&self, method: &str, path_prefix: &str, times: u32) {
+        lock(&self.faults).endless.push(RouteFault {
+            method: (method != "*").then(|| method.to_ascii_uppercase()),
+            path_prefix: path_prefix.to_string(),
+            status: 200,
+            remaining: times,
+        });
+    }
+
     /// `PUT /api/agent/tasks/{id}/status` bodies over `limit` bytes answer 413 (`None`: no
     /// limit), like a server or proxy with a request size limit.
     pub fn limit_status_body(&self, limit: Option<usize>) {
@@ -168,6 +182,32 @@ impl MockState {
 fn fault_response(status: u16) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     http_error(code, code.canonical_reason().unwrap_or("mock fault"))
+}
+
+/// Consumes one use of the first fault in `list` matching the request; true when there was one.
+fn take_hit(list: &mut Vec<RouteFault>, method: &str, path: &str) -> bool {
+    let hit = list.iter_mut().find(|f| {
+        f.remaining > 0
+            && path.starts_with(&f.path_prefix)
+            && f.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+    });
+    let found = hit.map(|f| f.remaining -= 1).is_some();
+    list.retain(|f| f.remaining > 0);
+    found
+}
+
+/// 200 with a chunked body of `[` that never ends.
+fn endless_response() -> Response {
+    let chunk = bytes::Bytes::from(vec![b'['; 64 * 1024]);
+    let stream =
+        futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("static response parts are valid")
 }
 
 /// Applies the after-faults to a served request: waits, and `Some` = answer this instead.
@@ -214,6 +254,9 @@ pub(crate) async fn apply(state: &MockState, method: &str, path: &str) -> Option
             return Some(fault_response(status));
         }
         faults.fail = None;
+    }
+    if take_hit(&mut faults.endless, method, path) {
+        return Some(endless_response());
     }
     let hit = faults.route_faults.iter_mut().find(|f| {
         f.remaining > 0

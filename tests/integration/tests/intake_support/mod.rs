@@ -67,7 +67,7 @@ impl Env {
         c
     }
 
-    /// Files left in this sandbox's outbox.
+    /// Files left in this sandbox's outbox (its hidden owner lock aside).
     pub fn outbox_files(&self) -> Vec<std::path::PathBuf> {
         let dir = self.home.path().join("outbox").join(&self.sandbox.id);
         std::fs::read_dir(dir)
@@ -75,6 +75,7 @@ impl Env {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.path())
                     .filter(|p| p.is_file())
+                    .filter(|p| p.file_name().is_some_and(|n| n != ".owner.lock"))
                     .collect()
             })
             .unwrap_or_default()
