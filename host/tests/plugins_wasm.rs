@@ -440,6 +440,53 @@ async fn only_asked_and_granted_env_vars_are_visible() {
     assert_eq!(outcome.num_turns, Some(1));
 }
 
+/// Builds its completed outcome first, then emits the same event twice and returns that
+/// outcome, without another call or loop after the last emit (so no epoch check runs once it
+/// returns). With a full event channel the second emit blocks in the host.
+const LATE_RETURN_BODY: &str = r#"
+  (import "agentserver:backend/host@1.0.0" "emit-event" (func $emit (param i32 i32) (result i32)))
+  (data (i32.const 300) "{\"type\":\"late\"}")
+  (data (i32.const 330) "done")
+  EXECUTE
+    (drop (call $outcome (i32.const 0) (i32.const 330) (i32.const 4) (i32.const 0) (i32.const 0)))
+    (drop (call $emit (i32.const 300) (i32.const 15)))
+    (drop (call $emit (i32.const 300) (i32.const 15)))
+    (i32.const 1088))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_returning_on_its_own_after_its_deadline_fails_as_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = settings("late");
+    settings.timeout = Duration::from_millis(300);
+    let backend = load(&build(LATE_RETURN_BODY), &settings);
+    // Room for one event: the second emit waits until the events are read, past the deadline.
+    let (sink, mut rx) = agentserver_plugin_api::EventSink::channel(1);
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let backend = Arc::clone(&backend);
+        let task = task("late", tmp.path());
+        async move { backend.execute(task, sink, CancellationToken::new()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut events = 0;
+    while rx.recv().await.is_some() {
+        events += 1;
+    }
+    let outcome = call.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(events, 2, "the plugin ran to its own return");
+    assert_eq!(outcome.status, TaskStatus::Failed, "{outcome:?}");
+    assert_eq!(
+        outcome.failure_kind,
+        Some(FailureKind::System),
+        "{outcome:?}"
+    );
+    let reason = outcome.failure_reason.unwrap();
+    assert!(reason.contains("deadline of 300 ms"), "{reason}");
+    assert_eq!(outcome.result, None);
+}
+
 /// Serves one fixed HTTP response per connection on 127.0.0.1.
 async fn http_server() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::device::TokenResponse;
 use crate::secret::Secret;
-use crate::state::fsutil::{LockFile, write_private_atomic};
+use crate::state::fsutil::{LockFile, read_state_file, write_private_atomic};
 use crate::state::rfc3339;
 
 /// The saved OAuth tokens. Field names are upstream's (camelCase), so a file written by the
@@ -107,9 +107,11 @@ impl CredentialsFile {
         &self.path
     }
 
-    /// Reads the credentials. A missing file is `Ok(None)` ("not logged in"), not an error.
+    /// Reads the credentials. A missing file is `Ok(None)` ("not logged in"), not an error;
+    /// a file that cannot be read (no permission, not a regular file, too large, a symlink
+    /// out of its directory) is [`CredentialsError::Io`].
     pub fn load(&self) -> Result<Option<Credentials>, CredentialsError> {
-        match std::fs::read(&self.path) {
+        match read_state_file(&self.path) {
             Ok(data) => {
                 serde_json::from_slice(&data)
                     .map(Some)

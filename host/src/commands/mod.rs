@@ -21,6 +21,13 @@ pub mod plugins;
 
 /// Runs the parsed command line.
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if !matches!(
+        cli.command,
+        Some(Command::Version | Command::DevServer(_) | Command::Demo(_))
+    ) {
+        // Loose modes on what the host keeps private are put back, with a warning (as ssh).
+        agentserver::state::fsutil::tighten_state_dir(&agentserver::paths::state_dir());
+    }
     match cli.command {
         None => run(root_as_run(cli.root)).await,
         Some(Command::Claudecode(root)) => {

@@ -94,8 +94,7 @@ fn inspect(name: &str, options: &PluginOptions) -> Result<ExitCode> {
         println!("description:  {}", manifest.description);
     }
     println!("manifest:");
-    let text = std::fs::read_to_string(plugin.dir.join(plugins::MANIFEST_FILE))
-        .context("reading the manifest")?;
+    let text = plugins::manifest::read_manifest_text(&plugin.dir)?;
     for line in text.lines() {
         println!("    {line}");
     }

@@ -34,6 +34,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plugins: &args.plugins,
     })?;
     let info = backend.info();
+    if backend_name == "claudecode" {
+        // Checked before a sandbox is registered: a start that fails for want of `claude`
+        // must not leave a new sandbox behind on the server.
+        let explicit = args.claude.claude_bin.clone();
+        tokio::task::spawn_blocking(move || {
+            agentserver_backend_claudecode::find_claude(explicit.as_deref())
+        })
+        .await
+        .context("the claude CLI lookup failed")??;
+    }
 
     // Ctrl-C while logging in aborts the login cleanly.
     let login_cancel = CancellationToken::new();

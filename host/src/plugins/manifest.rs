@@ -112,14 +112,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Reads `dir/plugin.toml`.
+    /// Reads `dir/plugin.toml`: only a regular file of at most
+    /// [`STATE_FILE_CAP`](crate::state::fsutil::STATE_FILE_CAP) bytes that does not lead out
+    /// of `dir` (see [`read_regular_file`](crate::state::fsutil::read_regular_file)).
     pub fn load(dir: &Path) -> Result<Self, PluginError> {
-        let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| PluginError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, &path)
+        let text = read_manifest_text(dir)?;
+        Self::parse(&text, &dir.join(MANIFEST_FILE))
     }
 
     fn validate(&self, path: &Path) -> Result<(), PluginError> {
@@ -174,6 +172,20 @@ impl Manifest {
     pub fn file_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.file)
     }
+}
+
+/// The text of `dir/plugin.toml`, read as [`Manifest::load`] reads it.
+pub fn read_manifest_text(dir: &Path) -> Result<String, PluginError> {
+    let path = &dir.join(MANIFEST_FILE);
+    let io = |source| PluginError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes =
+        crate::state::fsutil::read_regular_file(dir, path, crate::state::fsutil::STATE_FILE_CAP)
+            .map_err(io)?;
+    String::from_utf8(bytes)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Whether `name` is a valid plugin name.

@@ -240,7 +240,10 @@ pub struct Discovery {
 pub fn discover(options: &PluginOptions) -> Discovery {
     let mut found = Discovery::default();
     for dir in options.search_dirs() {
-        let candidates: Vec<PathBuf> = if dir.join(MANIFEST_FILE).is_file() {
+        // Any manifest entry counts (a FIFO, a symlink out): `Manifest::load` refuses the
+        // unsafe ones, and the refusal is reported as a problem naming the file.
+        let has_manifest = |p: &Path| std::fs::symlink_metadata(p.join(MANIFEST_FILE)).is_ok();
+        let candidates: Vec<PathBuf> = if has_manifest(&dir) {
             vec![dir.clone()]
         } else {
             match std::fs::read_dir(&dir) {
@@ -249,7 +252,7 @@ pub fn discover(options: &PluginOptions) -> Discovery {
                         .filter_map(Result::ok)
                         .map(|e| e.path())
                         .filter(|p| {
-                            p.join(MANIFEST_FILE).is_file()
+                            has_manifest(p)
                                 && !p
                                     .file_name()
                                     .is_some_and(|n| n.to_string_lossy().starts_with('.'))
@@ -409,23 +412,41 @@ pub fn bundled_example_backend() -> Result<Arc<dyn Backend>, PluginError> {
     wasm::bundled::backend(&PluginOptions::default())
 }
 
+/// Reads a plugin's library or component `file` from its directory `dir`: only a regular
+/// file of at most [`PLUGIN_CODE_CAP`](crate::state::fsutil::PLUGIN_CODE_CAP) bytes that does
+/// not lead out of `dir` (see [`read_regular_file`](crate::state::fsutil::read_regular_file)).
+pub fn read_code(dir: &Path, file: &Path) -> Result<Vec<u8>, PluginError> {
+    crate::state::fsutil::read_regular_file(dir, file, crate::state::fsutil::PLUGIN_CODE_CAP)
+        .map_err(|source| PluginError::Io {
+            path: file.to_owned(),
+            source,
+        })
+}
+
+/// The lock file that serialises installs into `state_dir/plugins`.
+pub const INSTALL_LOCK_FILE: &str = ".install.lock";
+
 /// Installs the plugin in `source` (a folder holding `plugin.toml`, or the manifest itself)
 /// into `state_dir/plugins/<name>`, replacing an older copy. Copies the manifest and the file
-/// it names. Checks the manifest's API version and, for a component, the version inside it.
-/// Native code is not run at install time.
+/// it names, and only when each is a regular file inside the source folder (a symlink out of
+/// it, a FIFO or a device is refused, naming the file); the copies are 0600 in 0700 folders.
+/// Checks the manifest's API version and, for a component, the version inside it. Native code
+/// is not run at install time.
+///
+/// Installs serialise on `plugins/.install.lock`, so concurrent installs of one plugin all
+/// succeed, the last one winning; the staging (`.install-*`) and replaced (`.old-*`) folders
+/// are removed on every path, and ones left by a killed install are removed by the next.
 pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugin, PluginError> {
-    let source_dir = if source.is_file() {
-        source.parent().unwrap_or(Path::new(".")).to_owned()
-    } else {
-        source.to_owned()
+    use crate::state::fsutil::{LockFile, ensure_private_dir, write_private_atomic};
+    let source_dir = match std::fs::symlink_metadata(source) {
+        Ok(m) if !m.is_dir() => source.parent().unwrap_or(Path::new(".")).to_owned(),
+        _ => source.to_owned(),
     };
-    let manifest = Manifest::load(&source_dir)?;
+    let manifest_text = manifest::read_manifest_text(&source_dir)?;
+    let manifest = Manifest::parse(&manifest_text, &source_dir.join(MANIFEST_FILE))?;
     check_api_version(&manifest.name, &manifest.api_version)?;
     let file = manifest.file_path(&source_dir);
-    let bytes = std::fs::read(&file).map_err(|source| PluginError::Io {
-        path: file.clone(),
-        source,
-    })?;
+    let bytes = read_code(&source_dir, &file)?;
     if manifest.kind == PluginKind::Wasm {
         let found = wasm::component_api_version(&bytes, &file)?;
         check_api_version(&manifest.name, &found)?;
@@ -436,30 +457,67 @@ pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugi
         move |source| PluginError::Io { path, source }
     };
     // Directories under the state directory are private (0700), like every other one there.
-    use crate::state::fsutil::ensure_private_dir;
     ensure_private_dir(&root).map_err(io(&root))?;
-    let staging = root.join(format!(".install-{}-{}", manifest.name, std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    ensure_private_dir(&staging).map_err(io(&staging))?;
-    let staged_file = manifest.file_path(&staging);
-    if let Some(parent) = staged_file.parent() {
-        ensure_private_dir(parent).map_err(io(parent))?;
-    }
-    std::fs::write(&staged_file, &bytes).map_err(io(&staged_file))?;
-    let staged_manifest = staging.join(MANIFEST_FILE);
-    std::fs::copy(source_dir.join(MANIFEST_FILE), &staged_manifest)
-        .map_err(io(&staged_manifest))?;
+    let lock_path = root.join(INSTALL_LOCK_FILE);
+    let _lock = LockFile::acquire(&lock_path).map_err(io(&lock_path))?;
+    // Holding the lock, any staging or replaced folder of this plugin is a leftover.
+    remove_leftovers(&root, &manifest.name);
+    let suffix = format!("{}-{}", manifest.name, std::process::id());
+    let staging = root.join(format!(".install-{suffix}"));
+    let old = root.join(format!(".old-{suffix}"));
     let dest = root.join(&manifest.name);
-    let old = root.join(format!(".old-{}-{}", manifest.name, std::process::id()));
-    if dest.exists() {
-        std::fs::rename(&dest, &old).map_err(io(&dest))?;
+    let result = (|| {
+        ensure_private_dir(&staging).map_err(io(&staging))?;
+        let staged_file = manifest.file_path(&staging);
+        write_private_atomic(&staged_file, &bytes).map_err(io(&staged_file))?;
+        let staged_manifest = staging.join(MANIFEST_FILE);
+        write_private_atomic(&staged_manifest, manifest_text.as_bytes())
+            .map_err(io(&staged_manifest))?;
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            std::fs::rename(&dest, &old).map_err(io(&dest))?;
+        }
+        std::fs::rename(&staging, &dest).map_err(io(&dest))
+    })();
+    for leftover in [&staging, &old] {
+        if let Err(e) = std::fs::remove_dir_all(leftover)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %leftover.display(), error = %e, "cannot remove an install folder");
+        }
     }
-    std::fs::rename(&staging, &dest).map_err(io(&dest))?;
-    let _ = std::fs::remove_dir_all(&old);
+    result?;
     Ok(DiscoveredPlugin {
         manifest,
         dir: dest,
     })
+}
+
+/// Removes `.install-<name>-*` and `.old-<name>-*` folders under `root` (call with the install
+/// lock held).
+fn remove_leftovers(root: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let prefixes = [format!(".install-{name}-"), format!(".old-{name}-")];
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(rest) = prefixes
+            .iter()
+            .find_map(|p| file_name.strip_prefix(p.as_str()))
+        else {
+            continue;
+        };
+        // `<name>-<pid>`: a plugin `a` must not sweep the folders of a plugin `a-b`.
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path();
+        tracing::debug!(path = %path.display(), "removing a leftover install folder");
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover install folder");
+        }
+    }
 }
 
 /// Measures `f`, for load times.

@@ -242,6 +242,8 @@ pub fn load(
 ) -> Result<LoadedPlugin, PluginError> {
     let manifest = &plugin.manifest;
     let (result, load_time) = super::timed(|| -> Result<_, PluginError> {
+        // Only a regular file inside the plugin directory is handed to the loader.
+        super::read_code(&plugin.dir, &plugin.file())?;
         let lib = load_library(&plugin.file())?;
         super::check_api_version(&manifest.name, &lib.api_version)?;
         let description = lib.describe()?;

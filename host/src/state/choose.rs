@@ -12,7 +12,7 @@ use super::fsutil::LockFile;
 use super::rfc3339;
 use super::session::{Session, SessionGuard, SessionStore};
 use crate::auth::{
-    AuthContext, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
+    AuthContext, CredentialsError, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
     normalize_server_url,
 };
 use crate::secret::Secret;
@@ -70,6 +70,13 @@ pub enum ChooseError {
         /// The type searched for.
         session_type: String,
     },
+    /// The saved credentials exist but cannot be read (no permission, not a regular file, too
+    /// large): a new login would discard them, so nothing is done.
+    #[error(
+        "the saved credentials cannot be read; nothing was changed: fix the file's permissions, \
+         or remove it (or run `agentserver login`) to log in again"
+    )]
+    UnreadableCredentials(#[source] CredentialsError),
     /// Login failed.
     #[error(transparent)]
     Login(#[from] LoginError),
@@ -88,8 +95,9 @@ pub enum ChooseError {
 /// - `resume`: load that session; a live pid → [`ChooseError::SessionActive`]; the session's
 ///   server is used (`--server` is ignored);
 /// - `continue_latest`: the newest inactive session with `dir == cwd` and this type;
-/// - otherwise: server = `--server`, else the saved credentials' server, else
-///   [`DEFAULT_SERVER`]; a token via `ensure_valid_token`, with an interactive login (through
+/// - otherwise: first the local checks (the credentials file, when present, can be read;
+///   `sessions/` is writable), then server = `--server`, else the saved credentials' server,
+///   else [`DEFAULT_SERVER`]; a token via `ensure_valid_token`, with an interactive login (through
 ///   `ui`) on any error; then register a new sandbox. A registration refused for an auth
 ///   reason (401, missing scope or workspace) triggers one more login and one retry.
 ///
@@ -149,10 +157,19 @@ pub async fn choose_session(
         return Ok((guard, SessionOrigin::Continued));
     }
 
+    // What can be checked here is checked before the server is asked for a sandbox: a
+    // sandbox registered by a start that then fails locally is left orphaned on the server.
+    let saved = match auth.credentials().load() {
+        Ok(saved) => saved,
+        Err(e @ CredentialsError::Io { .. }) => return Err(ChooseError::UnreadableCredentials(e)),
+        // Unparsable: the login replaces it.
+        Err(CredentialsError::Parse { .. }) => None,
+    };
+    store.check_writable()?;
     let server = match request.server {
         Some(s) => normalize_server_url(s),
-        None => match auth.credentials().load() {
-            Ok(Some(c)) if !c.server_url.is_empty() => normalize_server_url(&c.server_url),
+        None => match saved {
+            Some(c) if !c.server_url.is_empty() => normalize_server_url(&c.server_url),
             _ => DEFAULT_SERVER.to_owned(),
         },
     };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::StateError;
-use super::fsutil::{LockFile, write_private_atomic};
+use super::fsutil::{LockFile, read_state_file, write_private_atomic};
 use crate::secret::Secret;
 
 /// The first port handed out to opencode entries (≤ v0.35).
@@ -126,7 +126,7 @@ impl RegistryFile {
 
     /// Reads the registry without the lock (read-only use). Missing file → empty registry.
     pub fn load(&self) -> Result<Registry, StateError> {
-        match std::fs::read(&self.path) {
+        match read_state_file(&self.path) {
             Ok(data) => serde_json::from_slice(&data).map_err(|source| StateError::Parse {
                 path: self.path.clone(),
                 source,

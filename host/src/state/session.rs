@@ -11,7 +11,12 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use super::StateError;
-use super::fsutil::{LockFile, write_private_atomic};
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::fsutil::{
+    LockFile, PRIVATE_FILE_MODE, ensure_private_dir, read_state_file, unsafe_file,
+    write_private_atomic,
+};
 use crate::secret::Secret;
 
 /// One saved session (camelCase keys, as upstream writes them).
@@ -146,7 +151,7 @@ impl SessionStore {
     /// Reads session `sandbox_id`; a missing file is [`StateError::SessionNotFound`].
     pub fn load(&self, sandbox_id: &str) -> Result<Session, StateError> {
         let path = self.path_of(sandbox_id)?;
-        let data = match std::fs::read(&path) {
+        let data = match read_state_file(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::SessionNotFound(sandbox_id.to_owned()));
@@ -157,8 +162,9 @@ impl SessionStore {
     }
 
     /// Every readable `*.json` session in the directory, newest first (by `createdAt`).
-    /// Unreadable or unparsable files are skipped (logged at debug); a missing directory is
-    /// an empty list.
+    /// Files that are not regular files within [`STATE_FILE_CAP`](super::fsutil::STATE_FILE_CAP)
+    /// (a FIFO, a device, a symlink out of the directory) are skipped with a warning naming
+    /// them, unparsable ones at debug level; a missing directory is an empty list.
     pub fn list(&self) -> Result<Vec<Session>, StateError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -173,13 +179,21 @@ impl SessionStore {
         let mut sessions = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_none_or(|ext| ext != "json") || path.is_dir() {
+            if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|d| serde_json::from_slice::<Session>(&d).map_err(|e| e.to_string()))
-            {
+            let data = match read_state_file(&path) {
+                Ok(d) => d,
+                Err(err) if unsafe_file(&err).is_some() => {
+                    tracing::warn!(path = %path.display(), %err, "skipping session file");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::debug!(path = %path.display(), %err, "skipping session file");
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Session>(&data) {
                 Ok(s) => sessions.push(s),
                 Err(err) => tracing::debug!(path = %path.display(), %err, "skipping session file"),
             }
@@ -211,6 +225,27 @@ impl SessionStore {
                     && !s.is_alive()
             })
             .ok_or(StateError::NoResumableSession)
+    }
+
+    /// Checks that a session can be saved here: the directory exists or can be created
+    /// (0700), and a file can be created in it. Run before registering a sandbox, whose
+    /// tokens would otherwise be lost.
+    pub fn check_writable(&self) -> Result<(), StateError> {
+        let io = |source| StateError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        ensure_private_dir(&self.dir).map_err(io)?;
+        let probe = self
+            .dir
+            .join(format!(".write-check.{}.tmp", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&probe)
+            .map_err(io)?;
+        std::fs::remove_file(&probe).map_err(io)
     }
 
     /// Takes the store's exclusive lock (`sessions/.lock`), which serialises "check that a

@@ -625,10 +625,7 @@ pub fn load(
         cache_dir: options.cache_dir.clone(),
     };
     let (loaded, load_time) = super::timed(|| -> Result<LoadedComponent, PluginError> {
-        let bytes = std::fs::read(&path).map_err(|source| PluginError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = super::read_code(&plugin.dir, &path)?;
         load_component(&bytes, &path, &settings)
     });
     let loaded = loaded?;
@@ -803,9 +800,24 @@ impl WasmBackend {
             Err(e) => Err(Self::failure(&store, e)),
         };
         match result {
+            // A guest that returned on its own, but after its deadline (it was blocked in a
+            // host call, or returned before the next epoch check): the deadline still wins.
+            Ok(_) if Instant::now() >= deadline => self.past_deadline(started),
             Ok(outcome) => super::native::normalise(convert_outcome(outcome)),
             Err(failure) => self.explain(failure, started),
         }
+    }
+
+    /// The outcome of a task that ran past its deadline: failed, `system`.
+    fn past_deadline(&self, started: Instant) -> TaskOutcome {
+        TaskOutcome::failed(
+            FailureKind::System,
+            format!(
+                "the WASM plugin ran past its deadline of {} ms (returned after {} ms)",
+                self.inner.timeout.as_millis(),
+                started.elapsed().as_millis()
+            ),
+        )
     }
 
     fn explain(&self, failure: RunFailure, started: Instant) -> TaskOutcome {
