@@ -151,6 +151,13 @@ pub enum Command {
     DevServer(DevServerArgs),
     /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
     Demo(DemoArgs),
+    /// Internal: host one native plugin library for an out-of-process plugin (started by the
+    /// host itself; speaks a framed protocol on stdin/stdout).
+    #[command(hide = true)]
+    PluginHost {
+        /// The plugin's shared library.
+        library: std::path::PathBuf,
+    },
 }
 
 /// Options shared by every command that creates or resumes a session.

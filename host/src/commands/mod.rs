@@ -53,6 +53,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plugins(args)) => plugins::plugins(args),
         Some(Command::DevServer(args)) => dev_server::run(args).await,
         Some(Command::Demo(args)) => demo::demo(args).await,
+        Some(Command::PluginHost { library }) => Ok(ExitCode::from(
+            agentserver::plugins::process::serve(&library),
+        )),
     }
 }
 

@@ -469,9 +469,16 @@ impl TaskBridge {
 
 type BatchFuture = Pin<Box<dyn Future<Output = Result<(), CallError>> + Send>>;
 
-/// Drains the backend's events (never blocking it) and posts them in order, in batches of at
-/// most [`MAX_BATCH`] consecutive events. Ends when `finish` fires and everything received was
-/// posted. Returns false if the bridge had to be given up.
+/// Events the forwarder holds (posting or waiting to be posted) before it stops reading the
+/// backend's channel. With the channel's own capacity this bounds what a task buffers; a backend
+/// emitting faster than the bridge accepts then waits in `EventSink::emit` (backpressure).
+const MAX_QUEUED_EVENTS: usize = 4 * MAX_BATCH;
+
+/// Drains the backend's events and posts them in order, in batches of at most [`MAX_BATCH`]
+/// consecutive events. Holds at most [`MAX_QUEUED_EVENTS`]: past that it stops reading, so the
+/// backend's channel fills and the backend waits. Without a bridge it discards what it reads.
+/// Ends when `finish` fires and everything received was posted. Returns false if the bridge
+/// had to be given up.
 async fn forward_events(
     mut rx: mpsc::Receiver<TaskEvent>,
     mut bridge: Option<Arc<TaskBridge>>,
@@ -501,7 +508,7 @@ async fn forward_events(
             return healthy;
         }
         tokio::select! {
-            ev = rx.recv(), if open => match ev {
+            ev = rx.recv(), if open && queue.len() < MAX_QUEUED_EVENTS => match ev {
                 Some(e) => queue.push_back(e),
                 None => open = false,
             },

@@ -11,6 +11,11 @@
 //! workdir = true            # the default: the task's working directory
 //! env = ["LANG"]            # default: none
 //! http = ["api.example.com"] # default: none; "*" grants every host the manifest lists
+//!
+//! # Where native plugins run: "process" (a child process per task, crashes fail only the
+//! # task) or "in-process"; overrides the manifest's `isolation`.
+//! [plugins.isolation]
+//! my-native-plugin = "process"
 //! ```
 //!
 //! Other tables in the file belong to other parts of the host and are ignored here.
@@ -78,6 +83,9 @@ pub struct PluginsConfig {
     /// Grants per WASM plugin name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grant>,
+    /// Where each native plugin runs, by name; overrides the manifest's `isolation`.
+    #[serde(default)]
+    pub isolation: BTreeMap<String, super::manifest::Isolation>,
 }
 
 #[derive(Deserialize)]

@@ -42,6 +42,29 @@ impl std::fmt::Display for PluginKind {
     }
 }
 
+/// Where a native plugin's code runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Inside the host process (the default): a function call per task, but a crash (segfault,
+    /// abort, `exit`) ends the host.
+    #[default]
+    InProcess,
+    /// In a child process per task (`agentserver plugin-host`): a crash fails only that task,
+    /// and a plugin that ignores cancellation is killed.
+    Process,
+}
+
+impl Isolation {
+    /// `in-process` or `process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProcess => "in-process",
+            Self::Process => "process",
+        }
+    }
+}
+
 /// What a WASM plugin asks for. Native plugins are trusted and ignore these.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +116,10 @@ pub struct Manifest {
     /// One line saying what it does.
     #[serde(default)]
     pub description: String,
+    /// Native only: where its code runs (`in-process` when absent). The user's config can
+    /// override it.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
     /// What it asks for (WASM only).
     #[serde(default)]
     pub permissions: Permissions,

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod manifest;
 pub mod native;
+pub mod process;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use agentserver_plugin_api::ffi::PluginDescription;
 use agentserver_plugin_api::{API_MAJOR, API_VERSION, Backend};
 
 pub use config::{Grant, PluginsConfig};
-pub use manifest::{Limits, MANIFEST_FILE, Manifest, Permissions, PluginKind};
+pub use manifest::{Isolation, Limits, MANIFEST_FILE, Manifest, Permissions, PluginKind};
 
 /// Everything that can go wrong finding, installing or loading a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,14 @@ pub enum PluginError {
         /// What is wrong.
         reason: String,
     },
+    /// An out-of-process native plugin's host process could not load or describe it.
+    #[error("native plugin {path} failed in its plugin-host process: {reason}")]
+    PluginHost {
+        /// The library.
+        path: PathBuf,
+        /// What the child reported, or how it ended.
+        reason: String,
+    },
     /// The file is not a WebAssembly component of our API.
     #[error("invalid WASM plugin {path}: {reason}")]
     WasmInvalid {
@@ -171,6 +180,9 @@ pub struct PluginOptions {
     pub cancel_grace: Duration,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The executable that hosts out-of-process native plugins (`EXE plugin-host LIB`);
+    /// `None` means the running executable, which must then be `agentserver`.
+    pub plugin_host: Option<PathBuf>,
 }
 
 impl Default for PluginOptions {
@@ -190,6 +202,7 @@ impl PluginOptions {
             task_timeout: None,
             memory_limit_bytes: None,
             cancel_grace: Duration::from_secs(5),
+            plugin_host: None,
         }
     }
 
@@ -382,13 +395,26 @@ pub fn load_plugin(
     match manifest.kind {
         PluginKind::Native => {
             native_allowed(&manifest.name, options, &config)?;
-            native::load(plugin, options)
+            match isolation(manifest, &config) {
+                Isolation::InProcess => native::load(plugin, options),
+                Isolation::Process => process::load(plugin, options),
+            }
         }
         PluginKind::Wasm => {
             let grant = config.grant(&manifest.name);
             wasm::load(plugin, options, &grant)
         }
     }
+}
+
+/// Where a native plugin runs: the user's config, else its manifest, else in-process.
+pub fn isolation(manifest: &Manifest, config: &PluginsConfig) -> Isolation {
+    config
+        .isolation
+        .get(&manifest.name)
+        .copied()
+        .or(manifest.isolation)
+        .unwrap_or_default()
 }
 
 /// Finds and loads the plugin `name` as a backend (type `custom`).

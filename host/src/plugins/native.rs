@@ -224,6 +224,26 @@ impl NativeLibrary {
     }
 }
 
+impl NativeLibrary {
+    /// Calls `execute` with these host callbacks and returns the outcome text (`None` when the
+    /// plugin returned NULL). Used by the out-of-process plugin host.
+    ///
+    /// # Safety
+    /// `host` and its `ctx` must stay valid for the whole call, and its callbacks must be
+    /// thread-safe.
+    pub(crate) unsafe fn execute_with(
+        &self,
+        task_json: &str,
+        host: &AgentserverHost,
+    ) -> Option<String> {
+        // SAFETY: a checked vtable; the caller keeps `host` valid; the task text outlives the
+        // call.
+        let raw =
+            unsafe { (self.vtable.execute)(task_json.as_ptr().cast(), task_json.len(), host) };
+        (!raw.is_null()).then(|| take_plugin_string(self.vtable, raw))
+    }
+}
+
 /// Copies a plugin-owned string and hands it back to the plugin's `free_string`.
 fn take_plugin_string(vtable: &AgentserverPluginVTable, raw: *mut c_char) -> String {
     // SAFETY: `raw` is a non-NULL NUL-terminated string the plugin returned.

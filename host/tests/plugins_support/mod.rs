@@ -64,12 +64,34 @@ pub fn native_rust_example() -> PathBuf {
 /// Compiles `backends/examples/native-c/echo_plugin.c` with the system C compiler into
 /// `out_dir/<name>`, with extra `-D` defines.
 pub fn build_c_plugin(out_dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
+    build_c_source(
+        out_dir,
+        name,
+        "backends/examples/native-c/echo_plugin.c",
+        defines,
+    )
+}
+
+/// Compiles `host/tests/fixtures/plugins/misbehaving_plugin.c` (floods, huge results, crashes
+/// on request; see the file) into `out_dir/<name>`.
+pub fn build_misbehaving_plugin(out_dir: &Path, name: &str) -> PathBuf {
+    build_c_source(
+        out_dir,
+        name,
+        "host/tests/fixtures/plugins/misbehaving_plugin.c",
+        &[],
+    )
+}
+
+/// Compiles the C file `source` (relative to the workspace root) into the shared library
+/// `out_dir/<name>` with the system C compiler and extra `-D` defines.
+pub fn build_c_source(out_dir: &Path, name: &str, source: &str, defines: &[&str]) -> PathBuf {
     let root = workspace_root();
     let out = out_dir.join(name);
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I"])
         .arg(root.join("plugin-api/include"))
-        .arg(root.join("backends/examples/native-c/echo_plugin.c"))
+        .arg(root.join(source))
         .arg("-o")
         .arg(&out);
     for define in defines {
