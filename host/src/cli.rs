@@ -318,8 +318,8 @@ pub struct PluginArgs {
 pub struct RunArgs {
     /// Backend: `claudecode`, `opencode`, or an installed plugin's name [default: claudecode,
     /// or with `--resume` the type the sandbox was registered with].
-    #[arg(long, short = 'b')]
-    pub backend: Option<String>,
+    #[arg(long, short = 'b', value_name = "NAME")]
+    pub backend: Option<agentserver::dispatch::BackendKind>,
     #[command(flatten)]
     /// Session options.
     pub session: SessionArgs,
@@ -386,9 +386,19 @@ pub struct TaskWorkerArgs {
     /// Directory tasks run in (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Backend that runs the tasks: `claudecode` (upstream's task worker), `opencode`, or an
+    /// installed plugin.
+    #[arg(long, short = 'b', value_name = "NAME", default_value = "claudecode")]
+    pub backend: agentserver::dispatch::BackendKind,
     #[command(flatten)]
     /// Claude Code options.
     pub claude: ClaudeArgs,
+    #[command(flatten)]
+    /// opencode options.
+    pub opencode: OpencodeArgs,
+    #[command(flatten)]
+    /// Plugin options.
+    pub plugins: PluginArgs,
     #[command(flatten)]
     /// Task intake options.
     pub intake: IntakeArgs,
@@ -465,9 +475,10 @@ pub struct DevServerArgs {
 /// `demo` options.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
-    /// Backend to run the sample task with (default: the bundled example WASM backend).
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// Backend to run the sample task with (default: `example-wasm`, the bundled example WASM
+    /// backend).
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<agentserver::dispatch::BackendKind>,
     /// The sample task's prompt.
     #[arg(long, default_value = "Say hello from the demo.")]
     pub prompt: String,
@@ -570,7 +581,10 @@ mod tests {
         let cli = Cli::parse_from(["agentserver", "run", "--backend", "opencode", "-r", "abc"]);
         match cli.command {
             Some(Command::Run(r)) => {
-                assert_eq!(r.backend.as_deref(), Some("opencode"));
+                assert_eq!(
+                    r.backend,
+                    Some(agentserver::dispatch::BackendKind::Opencode)
+                );
                 assert_eq!(r.session.resume.as_deref(), Some("abc"));
                 assert_eq!(r.opencode.opencode_port, 4096);
             }

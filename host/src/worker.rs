@@ -191,8 +191,8 @@ fn agent_info_source(
         let backend = backend.clone();
         let workdir = workdir.clone();
         async move {
-            let opencode_version = backend.opencode_version().await.unwrap_or_default();
-            cache.agent_info_json(&workdir, &opencode_version).await
+            let fields = backend.agent_info_fields().await;
+            cache.agent_info_json_with(&workdir, &fields).await
         }
         .boxed()
     })

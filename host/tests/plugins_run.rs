@@ -148,3 +148,82 @@ async fn a_second_sigterm_cancels_the_running_task_at_once() {
         "the plugin is recorded: {session}"
     );
 }
+
+/// `task-worker` resolves its backend through the same registry as `run`: `--backend` names a
+/// plugin, which then runs the task (it used to be Claude Code, always).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_worker_runs_a_plugin_backend_through_the_registry() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let sandbox = mock.add_sandbox("worker", "custom");
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin_root = tmp.path().join("plugins");
+    let library = build_c_plugin(tmp.path(), "libworker-c.so", &[]);
+    write_plugin(&plugin_root, "worker-c", "native", &library, "1.0.0", "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args([
+            "task-worker",
+            "--backend",
+            "worker-c",
+            "--allow-native",
+            "worker-c",
+        ])
+        .args(["--poll-interval", "0.2"])
+        .arg("--plugin-dir")
+        .arg(&plugin_root)
+        .arg("--server")
+        .arg(server.url())
+        .arg("--sandbox-id")
+        .arg(&sandbox.id)
+        .arg("--proxy-token")
+        .arg(&sandbox.proxy_token)
+        .current_dir(tmp.path())
+        .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start agentserver");
+    let task = mock.create_task(&sandbox.id, "hello");
+    let record = mock.wait_task_final(&task, Duration::from_secs(20)).await;
+    sigterm(child.id());
+    let status = expect_exit(&mut child, Duration::from_secs(20), "after SIGTERM").await;
+    let record = record.expect("task exists");
+    assert_eq!(record.status, "completed", "{:?}", record.status_updates);
+    assert_eq!(record.result, Some(serde_json::json!("C saw 5 bytes")));
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// A `--backend` that names no built-in and no loadable plugin fails before login with the
+/// plugin loader's own reason, and registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_an_unknown_backend_reports_the_plugins_own_error() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["run", "--backend", "not-installed", "--skip-open-browser"])
+        .arg("--server")
+        .arg(server.url())
+        .current_dir(tmp.path())
+        .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agentserver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot load the plugin `not-installed`: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("agentserver plugins list"), "{stderr}");
+    assert!(mock.sandboxes().is_empty(), "a sandbox was registered");
+    // A name that cannot be a backend at all is a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["run", "--backend", "../evil"])
+        .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .output()
+        .expect("run agentserver");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid backend name"));
+}

@@ -115,9 +115,12 @@ pub trait Backend: Send + Sync {
         })
     }
 
-    /// Version string reported as `opencode_version` in agent info (only opencode sets it).
-    async fn opencode_version(&self) -> Option<String> {
-        None
+    /// Fields this backend adds to the agent info the host sends on every control stream
+    /// (spec §7.1), asked for each time it is sent: opencode gives
+    /// `{"opencode_version": "1.18.33"}`. A key the host's own document already has is
+    /// ignored, except `opencode_version`, which upstream defines for the backend to fill.
+    async fn agent_info_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
     }
 
     /// Called once at shutdown: stop child processes the backend started.

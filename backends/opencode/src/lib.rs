@@ -80,6 +80,20 @@ impl std::fmt::Debug for OpencodeBackend {
 }
 
 impl OpencodeBackend {
+    /// `version` of `GET /global/health` (5 s timeout, spec §7.1); `None` when opencode does
+    /// not answer.
+    pub async fn opencode_version(&self) -> Option<String> {
+        let base = self.base_url()?;
+        match self.inner.api.health(&base, Duration::from_secs(5)).await {
+            Ok(h) if !h.version.is_empty() => Some(h.version),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "opencode health check failed");
+                None
+            }
+        }
+    }
+
     /// A backend with these settings. Nothing starts before [`Backend::start`] (or the first
     /// task or HTTP request, which start it on demand).
     pub fn new(config: OpencodeConfig) -> Self {
@@ -420,18 +434,13 @@ impl Backend for OpencodeBackend {
         self.forward(request).await
     }
 
-    /// `version` of `GET /global/health` (5 s timeout, spec §7.1); `None` when opencode does
-    /// not answer.
-    async fn opencode_version(&self) -> Option<String> {
-        let base = self.base_url()?;
-        match self.inner.api.health(&base, Duration::from_secs(5)).await {
-            Ok(h) if !h.version.is_empty() => Some(h.version),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "opencode health check failed");
-                None
-            }
+    /// `opencode_version` (from [`OpencodeBackend::opencode_version`]) when opencode answers.
+    async fn agent_info_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        if let Some(version) = self.opencode_version().await {
+            fields.insert("opencode_version".into(), version.into());
         }
+        fields
     }
 
     /// Stops the server if this backend started it (SIGINT, SIGKILL after the grace period).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentserver::auth::{AuthContext, TerminalLoginUi};
+use agentserver::dispatch::{BackendKind, BackendRegistry};
 use agentserver::plugins::{self, PluginOptions};
 use agentserver::state::{SessionRequest, SessionStore, choose_session};
 use agentserver::tunnel::TunnelEvent;
@@ -16,8 +17,11 @@ use agentserver_plugin_api::Backend;
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
-use super::backends::{self, BackendChoice};
+use super::backends;
 use crate::cli::{DemoArgs, OpencodeArgs, PluginArgs};
+
+/// The name the bundled example WASM backend has in the demo (its default backend).
+const DEMO_EXAMPLE: &str = "example-wasm";
 
 /// How long the demo waits for the task before giving up.
 const TASK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -184,21 +188,33 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
     Ok(())
 }
 
+/// The demo's backend, through the one registry: the built-ins, plus the bundled example
+/// WASM backend as `example-wasm` (compiled into the demo's temporary state directory).
 fn demo_backend(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<Arc<dyn Backend>> {
-    match args.backend.as_deref() {
-        None | Some("example-wasm") => {
-            let options = PluginOptions::with_state_dir(state_dir.to_path_buf());
-            Ok(plugins::wasm::bundled::backend(&options)
-                .context("cannot build the bundled example WASM backend")?)
-        }
-        Some(name) => backends::build(&BackendChoice {
-            name,
-            workdir,
-            claude: &args.claude,
-            opencode: &OpencodeArgs::default(),
-            plugins: &PluginArgs::default(),
+    let mut registry = BackendRegistry::with_builtins();
+    let example_options = PluginOptions::with_state_dir(state_dir.to_path_buf());
+    registry.register(
+        DEMO_EXAMPLE,
+        Some(agentserver_plugin_api::SessionType::Custom),
+        Arc::new(move |_spec| {
+            plugins::wasm::bundled::backend(&example_options).map_err(|e| {
+                agentserver_plugin_api::BackendError::Start(format!(
+                    "cannot build the bundled example WASM backend: {e}"
+                ))
+            })
         }),
-    }
+    )?;
+    let kind = args
+        .backend
+        .clone()
+        .unwrap_or_else(|| BackendKind::Plugin(DEMO_EXAMPLE.to_owned()));
+    let spec = backends::spec(
+        workdir,
+        &args.claude,
+        &OpencodeArgs::default(),
+        &PluginArgs::default(),
+    );
+    Ok(registry.build(&kind, &spec)?)
 }
 
 async fn wait_connected(events: &mut tokio::sync::broadcast::Receiver<TunnelEvent>) -> Result<()> {

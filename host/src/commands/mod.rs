@@ -32,12 +32,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         None => run(root_as_run(cli.root)).await,
         Some(Command::Claudecode(root)) => {
             let mut args = root_as_run(root);
-            args.backend = Some("claudecode".into());
+            args.backend = Some(agentserver::dispatch::BackendKind::ClaudeCode);
             run(args).await
         }
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Connect(mut args)) => {
-            args.backend = Some("opencode".into());
+            args.backend = Some(agentserver::dispatch::BackendKind::Opencode);
             run(args).await
         }
         Some(Command::Login(args)) => login::login(args).await,

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentserver::auth::{AuthContext, TerminalLoginUi};
+use agentserver::dispatch::BackendKind;
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
 use agentserver::tunnel::TunnelEvent;
 use agentserver::worker::{Worker, WorkerOptions, spawn_leftover_flush};
-use agentserver_plugin_api::SessionType;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::backends::{self, BackendChoice};
+use super::backends;
 use crate::cli::RunArgs;
 
 /// Runs one sandbox until the intake has drained after a signal.
@@ -21,20 +21,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let workdir = absolute_workdir(&cwd, args.session.work_dir.as_deref())?;
     let store = SessionStore::default_location();
-    let backend_name = choose_backend_name(
-        args.backend.as_deref(),
+    let kind = choose_backend(
+        args.backend.as_ref(),
         args.session.resume.as_deref(),
         &store,
     )?;
-    let backend = backends::build(&BackendChoice {
-        name: &backend_name,
-        workdir: &workdir,
-        claude: &args.claude,
-        opencode: &args.opencode,
-        plugins: &args.plugins,
-    })?;
+    let spec = backends::spec(&workdir, &args.claude, &args.opencode, &args.plugins);
+    let backend = backends::build(&kind, &spec)?;
     let info = backend.info();
-    if backend_name == "claudecode" {
+    if kind == BackendKind::ClaudeCode {
         // Checked before a sandbox is registered: a start that fails for want of `claude`
         // must not leave a new sandbox behind on the server.
         let explicit = args.claude.claude_bin.clone();
@@ -63,7 +58,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         server: args.session.server.as_deref(),
         name: args.session.name.as_deref(),
         session_type: info.session_type.as_str(),
-        backend: Some(backend_name.as_str()),
+        backend: Some(kind.name()),
         cwd: &cwd,
     };
     let chosen = choose_session(&request, &store, &auth, &ui, &login_cancel).await;
@@ -80,7 +75,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         session.sandbox_id, session.name, session.session_type, session.server_url
     );
 
-    if info.session_type == SessionType::Claudecode {
+    if kind == BackendKind::ClaudeCode {
         prepare_claudecode(&args, &session, &workdir).await;
     }
 
@@ -129,10 +124,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("warning: cannot clear the session's pid: {err}");
     }
     println!("Agent disconnected.");
-    println!(
-        "To resume this session: {}",
-        resume_hint(&backend_name, &sandbox_id)
-    );
+    println!("To resume this session: {}", kind.resume_hint(&sandbox_id));
     Ok(code)
 }
 
@@ -215,11 +207,11 @@ async fn print_tunnel_events(mut events: tokio::sync::broadcast::Receiver<Tunnel
 /// with `--resume` the sandbox keeps the type it was registered with, so a missing `--backend`
 /// follows that type and a contradicting one is refused (the server would route the wrong
 /// kind of work to it). A session that cannot be read is left for `choose_session` to report.
-fn choose_backend_name(
-    requested: Option<&str>,
+fn choose_backend(
+    requested: Option<&BackendKind>,
     resume: Option<&str>,
     store: &SessionStore,
-) -> Result<String> {
+) -> Result<BackendKind> {
     let session = resume.and_then(|id| store.load(id).ok());
     let resumed = session.as_ref().map(|s| Resumed {
         id: &s.sandbox_id,
@@ -238,57 +230,51 @@ struct Resumed<'a> {
     backend: Option<&'a str>,
 }
 
-/// The pure rule behind [`choose_backend_name`].
-fn backend_for_session(requested: Option<&str>, resumed: Option<Resumed<'_>>) -> Result<String> {
+/// The pure rule behind [`choose_backend`].
+fn backend_for_session(
+    requested: Option<&BackendKind>,
+    resumed: Option<Resumed<'_>>,
+) -> Result<BackendKind> {
     let Some(Resumed {
         id,
         session_type,
         backend: recorded,
     }) = resumed
     else {
-        return Ok(requested
-            .unwrap_or(SessionType::Claudecode.as_str())
-            .to_owned());
+        return Ok(requested.cloned().unwrap_or(BackendKind::DEFAULT));
     };
-    let builtin = [SessionType::Claudecode, SessionType::Opencode]
-        .into_iter()
-        .find(|t| t.as_str() == session_type);
-    match (requested, builtin) {
-        (None, Some(t)) => Ok(t.as_str().to_owned()),
-        (Some(name), Some(t)) if name != t.as_str() => anyhow::bail!(
-            "sandbox {id} was registered as type `{session_type}`, not `{name}`; \
+    let recorded = recorded.map(str::parse::<BackendKind>).transpose()?;
+    match (
+        requested,
+        BackendKind::builtin_for_session_type(session_type),
+    ) {
+        (None, Some(builtin)) => Ok(builtin),
+        (Some(asked), Some(builtin)) if *asked != builtin => anyhow::bail!(
+            "sandbox {id} was registered as type `{session_type}`, not `{asked}`; \
              resume it with: {}",
-            resume_hint(t.as_str(), id)
+            builtin.resume_hint(id)
         ),
-        (Some(name), Some(_)) => Ok(name.to_owned()),
+        (Some(asked), Some(_)) => Ok(asked.clone()),
         // A plugin's sandbox (type `custom`): the recorded plugin, when there is one.
         (None, None) => match recorded {
-            Some(plugin) => Ok(plugin.to_owned()),
+            Some(plugin) => Ok(plugin),
             None => anyhow::bail!(
                 "sandbox {id} was registered as type `{session_type}` (a plugin backend); \
                  say which plugin runs it: agentserver run --backend NAME --resume {id}"
             ),
         },
-        (Some(name), None) => match recorded {
-            Some(plugin) if plugin != name => anyhow::bail!(
-                "sandbox {id} belongs to the plugin `{plugin}`, not `{name}`; resume it \
+        (Some(asked), None) => match recorded {
+            Some(plugin) if plugin != *asked => anyhow::bail!(
+                "sandbox {id} belongs to the plugin `{plugin}`, not `{asked}`; resume it \
                  with: {}",
-                resume_hint(plugin, id)
+                plugin.resume_hint(id)
             ),
-            None if name == "claudecode" || name == "opencode" => anyhow::bail!(
+            None if asked.is_builtin() => anyhow::bail!(
                 "sandbox {id} was registered as type `{session_type}` (a plugin backend), \
-                 not `{name}`; resume it with: agentserver run --backend PLUGIN --resume {id}"
+                 not `{asked}`; resume it with: agentserver run --backend PLUGIN --resume {id}"
             ),
-            _ => Ok(name.to_owned()),
+            _ => Ok(asked.clone()),
         },
-    }
-}
-
-fn resume_hint(backend: &str, sandbox_id: &str) -> String {
-    if backend == "claudecode" {
-        format!("agentserver --resume {sandbox_id}")
-    } else {
-        format!("agentserver run --backend {backend} --resume {sandbox_id}")
     }
 }
 
@@ -310,7 +296,16 @@ fn absolute_workdir(cwd: &Path, work_dir: Option<&Path>) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Resumed, backend_for_session};
+    use super::Resumed;
+
+    /// [`super::backend_for_session`] with names in and out, as a user types and reads them.
+    fn backend_for_session(
+        requested: Option<&str>,
+        resumed: Option<Resumed<'_>>,
+    ) -> anyhow::Result<String> {
+        let requested = requested.map(|name| name.parse().unwrap());
+        super::backend_for_session(requested.as_ref(), resumed).map(|kind| kind.to_string())
+    }
 
     fn resumed<'a>(session_type: &'a str, backend: Option<&'a str>) -> Option<Resumed<'a>> {
         Some(Resumed {

@@ -1,15 +1,14 @@
-//! `agentserver task-worker`: only the task intake (poll, run with Claude Code, report), no
-//! tunnel (spec §8, §13).
+//! `agentserver task-worker`: only the task intake (poll, run with the backend — Claude Code
+//! unless `--backend` says otherwise — report), no tunnel (spec §8, §13).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::intake::{Intake, IntakeConfig};
 use agentserver::state::registry::RegistryFile;
-use agentserver_backend_claudecode::ClaudeCodeBackend;
-use agentserver_plugin_api::Backend;
 use anyhow::{Context, Result, bail};
+
+use super::backends;
 
 use crate::cli::TaskWorkerArgs;
 
@@ -56,11 +55,12 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
         None => cwd,
     };
 
-    let backend = Arc::new(ClaudeCodeBackend::new(args.claude.config(&workdir)));
+    let spec = backends::spec(&workdir, &args.claude, &args.opencode, &args.plugins);
+    let backend = backends::build(&args.backend, &spec)?;
     backend
         .start()
         .await
-        .context("the claudecode backend cannot start")?;
+        .with_context(|| format!("the {} backend cannot start", args.backend))?;
 
     let mut config = IntakeConfig::new(server, token, sandbox_id, workdir);
     config.poll_interval = args.intake.poll_interval;

@@ -1,28 +1,38 @@
-//! Dispatch: from a backend name to a `Backend`.
+//! Dispatch: from the backend a sandbox runs ([`BackendKind`]) to a `Backend`.
 //!
-//! A [`BackendRegistry`] maps names (`claudecode`, `opencode`, plugin names) to factories.
-//! Plugins are registered by the plugin loader (`plugins::register_all`); the binary's `run`
-//! builds built-ins itself (`commands/backends.rs`) and resolves plugins by name through
-//! `plugins::load_backend`, which uses the same discovery. [`BackendRegistry::resolve`]
-//! builds the backend for a name, and an unknown name is an error that lists the names that
-//! would work.
+//! A [`BackendRegistry`] maps names to factories. [`BackendRegistry::with_builtins`] holds
+//! `claudecode` and `opencode`, built from their typed options in a [`BackendSpec`]; plugins
+//! are registered by the plugin loader ([`crate::plugins::register_all`]) or, when a name is
+//! not registered, loaded on demand from the plugin directories ([`BackendRegistry::resolve`]),
+//! so the plugin's own load error is what the user sees. `run`, `task-worker`, `demo` and
+//! resume all build their backend here.
+
+mod kind;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_backend_opencode::{OpencodeBackend, OpencodeConfig};
 use agentserver_plugin_api::{Backend, BackendError, SessionType};
 
-/// What a factory gets to build a backend from: the options of the `run`/`task-worker`
-/// command that concern backends.
+pub use kind::{BackendKind, InvalidBackendName};
+
+use crate::plugins::{PluginError, PluginOptions};
+
+/// What a factory gets to build a backend from: the work directory and each backend's own,
+/// typed options (only the chosen backend's are read).
 #[derive(Clone, Debug, Default)]
 pub struct BackendSpec {
-    /// Directory tasks run in.
+    /// Directory tasks run in (it overrides the `workdir` of the typed options).
     pub workdir: PathBuf,
-    /// Path of the `claude` CLI, when given.
-    pub claude_bin: Option<PathBuf>,
-    /// Free-form backend options (`key` → `value`), for backends with settings of their own.
-    pub options: BTreeMap<String, String>,
+    /// Options of the `claudecode` backend.
+    pub claudecode: ClaudeCodeConfig,
+    /// Options of the `opencode` backend.
+    pub opencode: OpencodeConfig,
+    /// Where plugins are found and which native ones are allowed.
+    pub plugins: PluginOptions,
 }
 
 /// Builds a backend from a [`BackendSpec`].
@@ -54,6 +64,18 @@ pub enum DispatchError {
         /// Why.
         #[source]
         source: BackendError,
+    },
+    /// A plugin that is not registered could not be loaded from the plugin directories.
+    #[error(
+        "cannot load the plugin `{name}`: {source} (built-in backends: claudecode, opencode; \
+         installed plugins: `agentserver plugins list`)"
+    )]
+    Plugin {
+        /// The plugin.
+        name: String,
+        /// Why: the plugin's own load error.
+        #[source]
+        source: PluginError,
     },
 }
 
@@ -88,6 +110,54 @@ impl BackendRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry holding the built-in backends, `claudecode` and `opencode`.
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        let claudecode: BackendFactory = Arc::new(|spec: &BackendSpec| {
+            let config = ClaudeCodeConfig {
+                workdir: spec.workdir.clone(),
+                ..spec.claudecode.clone()
+            };
+            Ok(Arc::new(ClaudeCodeBackend::new(config)) as Arc<dyn Backend>)
+        });
+        let opencode: BackendFactory = Arc::new(|spec: &BackendSpec| {
+            let config = OpencodeConfig {
+                workdir: spec.workdir.clone(),
+                ..spec.opencode.clone()
+            };
+            Ok(Arc::new(OpencodeBackend::new(config)) as Arc<dyn Backend>)
+        });
+        for (kind, factory) in [
+            (BackendKind::ClaudeCode, claudecode),
+            (BackendKind::Opencode, opencode),
+        ] {
+            registry
+                .register(kind.name(), Some(kind.session_type()), factory)
+                .expect("the built-in names are valid and distinct");
+        }
+        registry
+    }
+
+    /// Builds the backend of `kind`: a registered factory, else (for a plugin) the plugin
+    /// loaded from `spec.plugins`' directories.
+    pub fn build(
+        &self,
+        kind: &BackendKind,
+        spec: &BackendSpec,
+    ) -> Result<Arc<dyn Backend>, DispatchError> {
+        match kind {
+            BackendKind::Plugin(name) if !self.contains(name) => {
+                crate::plugins::load_backend(name, &spec.plugins).map_err(|source| {
+                    DispatchError::Plugin {
+                        name: name.clone(),
+                        source,
+                    }
+                })
+            }
+            _ => self.resolve(kind.name(), spec),
+        }
     }
 
     /// Registers a factory under `name`. `session_type` is the sandbox type the backend
@@ -219,6 +289,41 @@ mod tests {
             reg.register_instance("a b", Arc::new(Nop)),
             Err(DispatchError::InvalidName(_))
         ));
+    }
+
+    #[test]
+    fn builtins_are_registered_with_their_session_types() {
+        let reg = BackendRegistry::with_builtins();
+        assert_eq!(reg.names(), ["claudecode", "opencode"]);
+        let spec = BackendSpec {
+            workdir: PathBuf::from("/srv/work"),
+            ..BackendSpec::default()
+        };
+        for kind in BackendKind::BUILTINS {
+            assert_eq!(reg.session_type(kind.name()), Some(kind.session_type()));
+            let backend = reg.build(&kind, &spec).unwrap();
+            assert_eq!(backend.info().name, kind.name());
+            assert_eq!(backend.info().session_type, kind.session_type());
+        }
+    }
+
+    #[test]
+    fn an_unregistered_plugin_reports_its_own_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BackendSpec {
+            plugins: PluginOptions::with_state_dir(dir.path().to_path_buf()),
+            ..BackendSpec::default()
+        };
+        let err = BackendRegistry::with_builtins()
+            .build(&BackendKind::Plugin("nowhere".into()), &spec)
+            .err()
+            .unwrap();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot load the plugin `nowhere`: "),
+            "{text}"
+        );
+        assert!(matches!(err, DispatchError::Plugin { .. }));
     }
 
     #[test]

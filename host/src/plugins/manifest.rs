@@ -158,7 +158,7 @@ impl Manifest {
                 self.name
             )));
         }
-        if matches!(self.name.as_str(), "claudecode" | "opencode") {
+        if crate::dispatch::BackendKind::is_reserved_name(&self.name) {
             return Err(bad(format!(
                 "name `{}` is taken by a built-in backend",
                 self.name

@@ -106,7 +106,22 @@ impl CapabilityCache {
     /// The agent-info JSON bytes written on a control stream (§6.4.1): no envelope, no
     /// trailing newline.
     pub async fn agent_info_json(&self, workdir: &str, opencode_version: &str) -> Vec<u8> {
-        let info = self.agent_info(workdir, opencode_version).await;
+        let mut fields = serde_json::Map::new();
+        fields.insert("opencode_version".into(), opencode_version.into());
+        self.agent_info_json_with(workdir, &fields).await
+    }
+
+    /// [`CapabilityCache::agent_info_json`] with a backend's own fields
+    /// ([`AgentInfo::with_backend_fields`]).
+    pub async fn agent_info_json_with(
+        &self,
+        workdir: &str,
+        backend_fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<u8> {
+        let info = self
+            .agent_info(workdir, "")
+            .await
+            .with_backend_fields(backend_fields);
         // Serialising plain structs of strings and numbers cannot fail; an empty object is
         // still a valid (partial) agent info should it ever happen.
         serde_json::to_vec(&info).unwrap_or_else(|_| b"{}".to_vec())

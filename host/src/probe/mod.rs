@@ -84,12 +84,41 @@ pub struct AgentInfo {
     /// Probed capabilities (§7.2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<AgentCapabilities>,
+    /// Fields the backend adds ([`Backend::agent_info_fields`]), other than the ones above.
+    ///
+    /// [`Backend::agent_info_fields`]: agentserver_plugin_api::Backend::agent_info_fields
+    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty", default)]
+    pub backend_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The name for [`AgentInfo`] (upstream `AgentInfoData`).
 pub type AgentInfoData = AgentInfo;
 
 impl AgentInfo {
+    /// Adds a backend's own fields ([`Backend::agent_info_fields`]): `opencode_version`
+    /// fills the upstream field; any other key the document already has is left alone.
+    ///
+    /// [`Backend::agent_info_fields`]: agentserver_plugin_api::Backend::agent_info_fields
+    pub fn with_backend_fields(
+        mut self,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        let own: Vec<String> = match serde_json::to_value(&self) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        for (key, value) in fields {
+            if key == "opencode_version" {
+                if let Some(version) = value.as_str() {
+                    self.opencode_version = version.to_owned();
+                }
+            } else if !own.contains(key) {
+                self.backend_fields.insert(key.clone(), value.clone());
+            }
+        }
+        self
+    }
+
     /// Builds the document from collected parts. Top-level scalars come from the parts
     /// (zero/empty when a part is missing; nothing is invented).
     pub fn from_parts(
@@ -123,6 +152,7 @@ impl AgentInfo {
             memory_info: system.memory.clone(),
             disk_info: system.disk.clone(),
             capabilities,
+            backend_fields: serde_json::Map::new(),
         }
     }
 }

@@ -234,7 +234,7 @@ pub fn default_name(session_type: &str) -> String {
     sysinfo::System::host_name()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| {
-            if session_type == "claudecode" {
+            if session_type == agentserver_plugin_api::SessionType::Claudecode.as_str() {
                 "Claude Code Agent".to_owned()
             } else {
                 "Local Agent".to_owned()
