@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dispatch;
+pub mod fsutil;
 pub mod http;
 pub mod intake;
 pub mod logging;
@@ -13,6 +14,7 @@ pub mod mcp;
 pub mod paths;
 pub mod plugins;
 pub mod probe;
+pub mod rfc3339;
 pub mod secret;
 pub mod state;
 pub mod tunnel;

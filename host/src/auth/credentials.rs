@@ -7,9 +7,9 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::device::TokenResponse;
+use crate::fsutil::{LockFile, read_state_file, write_private_atomic};
+use crate::rfc3339;
 use crate::secret::Secret;
-use crate::state::fsutil::{LockFile, read_state_file, write_private_atomic};
-use crate::state::rfc3339;
 
 /// The saved OAuth tokens. Field names are upstream's (camelCase), so a file written by the
 /// upstream agent is read as is, and ours is readable by it.

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::credentials::{Credentials, CredentialsError};
 use super::ui::{DevicePrompt, LoginUi};
 use super::{AuthContext, CLIENT_ID, SCOPE, normalize_server_url};
+use crate::rfc3339;
 use crate::secret::Secret;
-use crate::state::rfc3339;
 
 /// `grant_type` of a device-code token poll.
 pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";

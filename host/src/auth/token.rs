@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::credentials::Credentials;
 use super::device::{TokenResponse, short_body};
 use super::{AuthContext, CLIENT_ID, error_chain, normalize_server_url};
+use crate::rfc3339;
 use crate::secret::Secret;
-use crate::state::rfc3339;
 
 /// An access token that expires within this margin counts as expired (upstream used none).
 /// It absorbs clock skew between this machine and the server and the time a request takes,

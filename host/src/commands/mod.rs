@@ -26,7 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Some(Command::Version | Command::DevServer(_) | Command::Demo(_))
     ) {
         // Loose modes on what the host keeps private are put back, with a warning (as ssh).
-        agentserver::state::fsutil::tighten_state_dir(&agentserver::paths::state_dir());
+        agentserver::fsutil::tighten_state_dir(&agentserver::paths::state_dir());
     }
     match cli.command {
         None => run(root_as_run(cli.root)).await,

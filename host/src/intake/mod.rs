@@ -448,7 +448,7 @@ impl Intake {
     /// Takes the outbox's owner lock. An intake that only flushes (drained before it runs)
     /// gives up when another host holds it; a serving intake waits (the holder is a flush by
     /// another host, bounded by its report timeout), saying so when it has to.
-    async fn claim_outbox(&self) -> Result<Option<crate::state::fsutil::LockFile>, IntakeError> {
+    async fn claim_outbox(&self) -> Result<Option<crate::fsutil::LockFile>, IntakeError> {
         let outbox = self.shared.outbox.clone();
         if let Some(lock) = outbox.claim()? {
             return Ok(Some(lock));
@@ -458,17 +458,16 @@ impl Intake {
         }
         tracing::info!(sandbox_id = %self.shared.config.sandbox_id, "another host is delivering this sandbox's earlier statuses; waiting for it to finish");
         let path = outbox.dir().join(".owner.lock");
-        let lock =
-            tokio::task::spawn_blocking(move || crate::state::fsutil::LockFile::acquire(&path))
-                .await
-                .map_err(|e| IntakeError::Config(format!("outbox lock task failed: {e}")))?
-                .map_err(|source| {
-                    IntakeError::Outbox(outbox::OutboxError::Io {
-                        op: "lock",
-                        path: self.shared.outbox.dir().join(".owner.lock"),
-                        source,
-                    })
-                })?;
+        let lock = tokio::task::spawn_blocking(move || crate::fsutil::LockFile::acquire(&path))
+            .await
+            .map_err(|e| IntakeError::Config(format!("outbox lock task failed: {e}")))?
+            .map_err(|source| {
+                IntakeError::Outbox(outbox::OutboxError::Io {
+                    op: "lock",
+                    path: self.shared.outbox.dir().join(".owner.lock"),
+                    source,
+                })
+            })?;
         Ok(Some(lock))
     }
 

@@ -84,9 +84,9 @@ impl Outbox {
     /// Claims the delivery of this sandbox's entries for this process, until the returned
     /// lock is dropped: `Ok(None)` when another live host holds it (it is delivering them, so
     /// replaying them here would send statuses twice). Lock file: `<dir>/.owner.lock`.
-    pub fn claim(&self) -> Result<Option<crate::state::fsutil::LockFile>, OutboxError> {
+    pub fn claim(&self) -> Result<Option<crate::fsutil::LockFile>, OutboxError> {
         let path = self.dir.join(".owner.lock");
-        crate::state::fsutil::LockFile::try_acquire(&path).map_err(io("lock", &path))
+        crate::fsutil::LockFile::try_acquire(&path).map_err(io("lock", &path))
     }
 
     /// The directory entries live in.
@@ -100,13 +100,13 @@ impl Outbox {
     }
 
     /// Writes an entry durably (atomic replace through a temp file of its own, see
-    /// [`write_private_atomic`](crate::state::fsutil::write_private_atomic)). Returns once it is
+    /// [`write_private_atomic`](crate::fsutil::write_private_atomic)). Returns once it is
     /// on disk.
     pub fn write(&self, entry: &OutboxEntry) -> Result<PathBuf, OutboxError> {
         let path = self.path_of(&entry.task_id);
         let bytes = serde_json::to_vec_pretty(entry)?;
         let _serialised = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        crate::state::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))?;
+        crate::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))?;
         Ok(path)
     }
 
@@ -139,8 +139,7 @@ impl Outbox {
         let path = rejected.join(format!("{}.full.json", file_stem(&entry.task_id)));
         if !path.exists() {
             let bytes = serde_json::to_vec_pretty(entry)?;
-            crate::state::fsutil::write_private_atomic(&path, &bytes)
-                .map_err(io("write", &path))?;
+            crate::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))?;
         }
         Ok(path)
     }
@@ -183,7 +182,7 @@ impl Outbox {
             started: true,
         };
         let bytes = serde_json::to_vec(&marker)?;
-        crate::state::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))
+        crate::fsutil::write_private_atomic(&path, &bytes).map_err(io("write", &path))
     }
 
     /// Drops a task's "received" marker (its outcome entry is on disk, or it was delivered).
@@ -317,7 +316,7 @@ pub fn id_from_stem(stem: &str) -> Option<String> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), OutboxError> {
-    crate::state::fsutil::ensure_private_dir(dir).map_err(io("create", dir))?;
+    crate::fsutil::ensure_private_dir(dir).map_err(io("create", dir))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -97,7 +97,7 @@ struct ConfigFile {
 impl PluginsConfig {
     /// Reads the `[plugins]` table of `path`; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self, PluginError> {
-        let text = match crate::state::fsutil::read_state_file(path).and_then(|bytes| {
+        let text = match crate::fsutil::read_state_file(path).and_then(|bytes| {
             String::from_utf8(bytes)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         }) {

@@ -140,8 +140,8 @@ impl Manifest {
     }
 
     /// Reads `dir/plugin.toml`: only a regular file of at most
-    /// [`STATE_FILE_CAP`](crate::state::fsutil::STATE_FILE_CAP) bytes that does not lead out
-    /// of `dir` (see [`read_regular_file`](crate::state::fsutil::read_regular_file)).
+    /// [`STATE_FILE_CAP`](crate::fsutil::STATE_FILE_CAP) bytes that does not lead out
+    /// of `dir` (see [`read_regular_file`](crate::fsutil::read_regular_file)).
     pub fn load(dir: &Path) -> Result<Self, PluginError> {
         let text = read_manifest_text(dir)?;
         Self::parse(&text, &dir.join(MANIFEST_FILE))
@@ -209,8 +209,7 @@ pub fn read_manifest_text(dir: &Path) -> Result<String, PluginError> {
         source,
     };
     let bytes =
-        crate::state::fsutil::read_regular_file(dir, path, crate::state::fsutil::STATE_FILE_CAP)
-            .map_err(io)?;
+        crate::fsutil::read_regular_file(dir, path, crate::fsutil::STATE_FILE_CAP).map_err(io)?;
     String::from_utf8(bytes)
         .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }

@@ -439,14 +439,15 @@ pub fn bundled_example_backend() -> Result<Arc<dyn Backend>, PluginError> {
 }
 
 /// Reads a plugin's library or component `file` from its directory `dir`: only a regular
-/// file of at most [`PLUGIN_CODE_CAP`](crate::state::fsutil::PLUGIN_CODE_CAP) bytes that does
-/// not lead out of `dir` (see [`read_regular_file`](crate::state::fsutil::read_regular_file)).
+/// file of at most [`PLUGIN_CODE_CAP`](crate::fsutil::PLUGIN_CODE_CAP) bytes that does
+/// not lead out of `dir` (see [`read_regular_file`](crate::fsutil::read_regular_file)).
 pub fn read_code(dir: &Path, file: &Path) -> Result<Vec<u8>, PluginError> {
-    crate::state::fsutil::read_regular_file(dir, file, crate::state::fsutil::PLUGIN_CODE_CAP)
-        .map_err(|source| PluginError::Io {
+    crate::fsutil::read_regular_file(dir, file, crate::fsutil::PLUGIN_CODE_CAP).map_err(|source| {
+        PluginError::Io {
             path: file.to_owned(),
             source,
-        })
+        }
+    })
 }
 
 /// The lock file that serialises installs into `state_dir/plugins`.
@@ -463,7 +464,7 @@ pub const INSTALL_LOCK_FILE: &str = ".install.lock";
 /// succeed, the last one winning; the staging (`.install-*`) and replaced (`.old-*`) folders
 /// are removed on every path, and ones left by a killed install are removed by the next.
 pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugin, PluginError> {
-    use crate::state::fsutil::{LockFile, ensure_private_dir, write_private_atomic};
+    use crate::fsutil::{LockFile, ensure_private_dir, write_private_atomic};
     let source_dir = match std::fs::symlink_metadata(source) {
         Ok(m) if !m.is_dir() => source.parent().unwrap_or(Path::new(".")).to_owned(),
         _ => source.to_owned(),

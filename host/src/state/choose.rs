@@ -8,13 +8,13 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::StateError;
-use super::fsutil::LockFile;
-use super::rfc3339;
 use super::session::{Session, SessionGuard, SessionStore};
 use crate::auth::{
     AuthContext, CredentialsError, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
     normalize_server_url,
 };
+use crate::fsutil::LockFile;
+use crate::rfc3339;
 use crate::secret::Secret;
 
 /// What the user asked for.

@@ -4,16 +4,17 @@
 //!   while running, cleared on exit).
 //! - [`registry`]: the legacy `registry.json` with its `registry.json.lock`.
 //! - [`choose`]: resume / continue / register-new, the session choice of the main command (§5).
-//! - [`fsutil`]: 0700 directories, atomic 0600 writes, exclusive lock files.
+//! - [`fsutil`] (re-exported from the leaf module [`crate::fsutil`], which `auth` and the
+//!   outbox use directly): 0700 directories, atomic 0600 writes, exclusive lock files.
 //!
 //! Invariant: every file here is replaced atomically (temp file + rename), so a reader never
 //! sees a half-written file, even if the writer is killed with SIGKILL.
 
 pub mod choose;
-pub mod fsutil;
 pub mod registry;
-pub mod rfc3339;
 pub mod session;
+
+pub use crate::{fsutil, rfc3339};
 
 use std::path::PathBuf;
 

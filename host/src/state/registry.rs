@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::StateError;
-use super::fsutil::{LockFile, read_state_file, write_private_atomic};
+use crate::fsutil::{LockFile, read_state_file, write_private_atomic};
 use crate::secret::Secret;
 
 /// The first port handed out to opencode entries (≤ v0.35).

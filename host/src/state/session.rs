@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::StateError;
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::fsutil::{
+use crate::fsutil::{
     LockFile, PRIVATE_FILE_MODE, ensure_private_dir, read_state_file, unsafe_file,
     write_private_atomic,
 };
@@ -47,7 +47,7 @@ pub struct Session {
     #[serde(default)]
     pub dir: String,
     /// When the session was created (RFC 3339 with local offset).
-    #[serde(with = "super::rfc3339", default = "epoch")]
+    #[serde(with = "crate::rfc3339", default = "epoch")]
     pub created_at: DateTime<FixedOffset>,
     /// Pid of the process running the session; absent (or ≤ 0) when none does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +162,7 @@ impl SessionStore {
     }
 
     /// Every readable `*.json` session in the directory, newest first (by `createdAt`).
-    /// Files that are not regular files within [`STATE_FILE_CAP`](super::fsutil::STATE_FILE_CAP)
+    /// Files that are not regular files within [`STATE_FILE_CAP`](crate::fsutil::STATE_FILE_CAP)
     /// (a FIFO, a device, a symlink out of the directory) are skipped with a warning naming
     /// them, unparsable ones at debug level; a missing directory is an empty list.
     pub fn list(&self) -> Result<Vec<Session>, StateError> {
@@ -350,7 +350,7 @@ mod tests {
             session_type: ty.into(),
             server_url: "http://127.0.0.1:1".into(),
             dir: dir.into(),
-            created_at: super::super::rfc3339::parse(created).unwrap(),
+            created_at: crate::rfc3339::parse(created).unwrap(),
             pid: None,
             backend: None,
         }

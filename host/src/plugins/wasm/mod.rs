@@ -245,28 +245,15 @@ pub fn compile(
     let component = Component::new(engine, bytes).map_err(compile_error)?;
     match component.serialize() {
         Ok(serialized) => {
-            if let Err(e) = write_atomically(&cached, &serialized) {
+            // The cache lives under the private state directory: written like every file
+            // there (0700 directory, 0600 file, fsync, rename).
+            if let Err(e) = crate::fsutil::write_private_atomic(&cached, &serialized) {
                 tracing::warn!(file = %cached.display(), error = %e, "cannot cache compiled component");
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
     }
     Ok((component, false))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // The cache lives under the private state directory: 0700 like every directory there.
-    crate::state::fsutil::ensure_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 /// Why the host interrupted a guest.
