@@ -2,5 +2,6 @@
 //! mock server with an isolated `HOME`.
 
 pub mod opencode_support;
+pub mod reliability;
 pub mod test_backend;
 pub mod tunnel_support;

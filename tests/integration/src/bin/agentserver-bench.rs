@@ -18,11 +18,20 @@
 //! `/proc` for `--idle-secs` seconds once connected. The table goes to stdout (Markdown), the
 //! rest to stderr; see `docs/performance.md`. `--quick` runs every benchmark with tiny sizes
 //! and a 5 s idle window: a check that everything runs, not a measurement.
+//!
+//! `--only reliability` (never part of the default run: it takes about five minutes on its
+//! own, and a debug build is enough) runs the fault scenarios of
+//! [`agentserver_integration::reliability`] in-process: the mock, and the real
+//! `agentserver run` binary next to this one, restarted with `--resume` after every kill.
+//! It prints one row per scenario (tasks, exactly one final status, lost, lost in transit,
+//! duplicated) and exits non-zero when any scenario lost (in transit excepted) or duplicated
+//! a status. `--quick` runs each scenario with 8 tasks.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use agentserver_integration::reliability;
 use agentserver_mock::{MockConfig, MockServer};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -141,7 +150,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "-h" | "--help" => {
                     eprintln!(
-                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle] [--quick]\n\
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle,reliability] [--quick]\n\
                          build first: {BUILD_CMD}"
                     );
                     std::process::exit(0);
@@ -157,6 +166,13 @@ impl Options {
         self.only
             .as_ref()
             .is_none_or(|only| only.iter().any(|n| n == name))
+    }
+
+    /// Benchmarks that run only when `--only` names them.
+    fn named(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|only| only.iter().any(|n| n == name))
     }
 }
 
@@ -636,10 +652,36 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut reliability_failed = false;
+    let mut reliability_table = None;
+    if options.named("reliability") {
+        match layout.sibling("agentserver") {
+            None => rows.extend(not_built("reliability")),
+            Some(agentserver) => {
+                let sizes = if options.quick {
+                    reliability::Sizes::QUICK
+                } else {
+                    reliability::Sizes::FULL
+                };
+                let results = reliability::run_all(&agentserver, &sizes).await;
+                reliability_failed = results
+                    .iter()
+                    .any(|r| r.as_ref().map_or(true, |o| !o.passed()));
+                reliability_table = Some(reliability::table(&results));
+            }
+        }
+    }
+
     let total = started.elapsed();
     eprintln!();
-    print_table(&rows);
-    println!();
+    if !rows.is_empty() {
+        print_table(&rows);
+        println!();
+    }
+    if let Some(table) = &reliability_table {
+        print!("{table}");
+        println!();
+    }
     println!(
         "Total {:.0} s on {}; load average {} before, {} after.",
         total.as_secs_f64(),
@@ -652,6 +694,9 @@ async fn main() -> anyhow::Result<()> {
         .any(|r| r.measure.starts_with("skipped: binary not built"))
     {
         eprintln!("\nSome benchmarks are not built; build them all with:\n  {BUILD_CMD}");
+    }
+    if reliability_failed {
+        anyhow::bail!("reliability: a scenario lost or duplicated a task status (see above)");
     }
     Ok(())
 }
