@@ -257,7 +257,7 @@ impl StderrTail {
             .char_indices()
             .nth(max_chars)
             .map_or(line.len(), |(i, _)| i);
-        self.push(line[..end].as_bytes());
+        self.push(&line.as_bytes()[..end]);
         self.push(b"\n");
     }
 
