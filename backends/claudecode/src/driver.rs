@@ -23,11 +23,11 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClaudeCodeConfig;
-use crate::io::{LineItem, Ring, collect_stderr, read_lines};
-use crate::process::{kill_leftovers, signal_group};
+use crate::io::{LineItem, read_lines};
 use crate::protocol::{
     Peek, ResultInfo, claude_args, control_response, initialize_request, user_message,
 };
+use agentserver_common::process::{Detach, StderrTail, StopLadder, collect_tail, isolate, sweep};
 
 /// How a task run ended, seen from the process side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,15 +134,8 @@ pub(crate) async fn run_task(
         cmd.env_clear();
     }
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which
-    // is async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
+    // A session (and group) of its own, dying with the host.
+    isolate(cmd.as_std_mut(), Detach::Session);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -209,8 +202,8 @@ async fn supervise(
     let _ = stdin_tx.send(user_message(&task.prompt));
     let mut stdin_tx = Some(stdin_tx);
 
-    let ring = Arc::new(Mutex::new(Ring::new(config.stderr_ring_bytes)));
-    let stderr_task = tokio::spawn(collect_stderr(stderr, ring.clone()));
+    let ring = Arc::new(Mutex::new(StderrTail::new(config.stderr_ring_bytes)));
+    let stderr_task = tokio::spawn(collect_tail(stderr, ring.clone(), "claude stderr"));
     let (line_tx, mut line_rx) = mpsc::channel::<LineItem>(16);
     let reader = tokio::spawn(read_lines(stdout, config.max_line_bytes, line_tx));
 
@@ -367,7 +360,7 @@ async fn supervise(
     };
     writer.abort();
     let _ = writer.await;
-    stats.leftovers_killed = kill_leftovers(pid);
+    stats.leftovers_killed = sweep(pid);
     if stats.leftovers_killed > 0 {
         tracing::info!(
             pid,
@@ -453,22 +446,16 @@ async fn terminate(
     {
         return status.ok();
     }
-    tracing::debug!(pgid, "SIGTERM to claude's process group");
-    signal_group(pgid, Signal::SIGTERM);
-    stats.signals_sent.push("SIGTERM");
-    if let Ok(status) = timeout(config.term_grace, child.wait()).await {
-        return status.ok();
-    }
-    tracing::debug!(pgid, "SIGKILL to claude's process group");
-    signal_group(pgid, Signal::SIGKILL);
-    stats.signals_sent.push("SIGKILL");
-    match timeout(Duration::from_secs(10), child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            tracing::error!(pgid, "claude did not die after SIGKILL");
-            None
-        }
-    }
+    let ladder = StopLadder {
+        signal: Signal::SIGTERM,
+        grace: config.term_grace,
+        kill_wait: Duration::from_secs(10),
+    };
+    let stopped = ladder.stop(child, pgid).await;
+    stats
+        .signals_sent
+        .extend(stopped.signals.iter().map(|s| s.as_str()));
+    stopped.status
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -1,9 +1,7 @@
-//! Reading the CLI's output: stdout lines of any length, and a bounded ring of stderr.
+//! Reading the CLI's output: stdout lines of any length (the bounded stderr tail is
+//! `agentserver_common::process::StderrTail`).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
 /// One item read from stdout.
@@ -88,77 +86,6 @@ fn classify(line: Vec<u8>, len: usize, max_line: usize) -> LineItem {
     }
 }
 
-/// The newest bytes of a stream, bounded.
-#[derive(Debug)]
-pub(crate) struct Ring {
-    buf: VecDeque<u8>,
-    cap: usize,
-    total: u64,
-}
-
-impl Ring {
-    /// A ring keeping at most `cap` bytes.
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            buf: VecDeque::with_capacity(cap.min(64 * 1024)),
-            cap,
-            total: 0,
-        }
-    }
-
-    /// Appends bytes, dropping the oldest beyond the capacity.
-    pub(crate) fn push(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.cap == 0 {
-            return;
-        }
-        let data = if data.len() > self.cap {
-            &data[data.len() - self.cap..]
-        } else {
-            data
-        };
-        let overflow = (self.buf.len() + data.len()).saturating_sub(self.cap);
-        self.buf.drain(..overflow);
-        self.buf.extend(data);
-    }
-
-    /// The newest `n` bytes (all if fewer).
-    pub(crate) fn tail(&self, n: usize) -> Vec<u8> {
-        let skip = self.buf.len().saturating_sub(n);
-        self.buf.iter().skip(skip).copied().collect()
-    }
-
-    /// Everything kept.
-    pub(crate) fn to_vec(&self) -> Vec<u8> {
-        self.buf.iter().copied().collect()
-    }
-
-    /// Bytes ever pushed.
-    pub(crate) fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// Forgets everything.
-    pub(crate) fn clear(&mut self) {
-        self.buf.clear();
-        self.total = 0;
-    }
-}
-
-/// Copies `reader` into `ring` until EOF, logging each chunk at trace level.
-pub(crate) async fn collect_stderr<R: AsyncRead + Unpin>(mut reader: R, ring: Arc<Mutex<Ring>>) {
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                tracing::trace!(stderr = %String::from_utf8_lossy(&buf[..n]), "claude stderr");
-                crate::lock(&ring).push(&buf[..n]);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,19 +124,5 @@ mod tests {
         assert_eq!(out[1], "T:short");
         assert_eq!(out[2], "O:600000");
         assert_eq!(out[3], "T:end");
-    }
-
-    #[test]
-    fn ring_keeps_newest() {
-        let mut r = Ring::new(5);
-        r.push(b"abc");
-        r.push(b"defg");
-        assert_eq!(r.to_vec(), b"cdefg");
-        assert_eq!(r.tail(2), b"fg");
-        r.push(b"0123456789");
-        assert_eq!(r.to_vec(), b"56789");
-        assert_eq!(r.total(), 17);
-        r.clear();
-        assert!(r.to_vec().is_empty());
     }
 }

@@ -29,7 +29,9 @@ mod discovery;
 mod driver;
 mod io;
 mod mcp_config;
-pub mod process;
+/// Process groups, the stop ladder and the leftover sweep: `agentserver_common::process`, their
+/// one owner, re-exported at this path for the tests that look for leftovers.
+pub use agentserver_common::process;
 mod protocol;
 mod terminal;
 
@@ -181,7 +183,7 @@ impl Backend for ClaudeCodeBackend {
             inner.terminal.shutdown();
             let groups: Vec<u32> = lock(&inner.running).iter().copied().collect();
             for pgid in groups {
-                process::signal_group(pgid, Signal::SIGKILL);
+                process::kill_group(pgid, Signal::SIGKILL);
             }
         })
         .await;

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClaudeCodeConfig;
-use crate::io::Ring;
+use agentserver_common::process::StderrTail;
 
 /// Frame type of data (both directions).
 pub const FRAME_DATA: u8 = 0x00;
@@ -70,7 +70,7 @@ struct Active {
 
 struct State {
     pty: Option<Pty>,
-    replay: Ring,
+    replay: StderrTail,
     active: Option<Active>,
     starts: u64,
     next_attach: u64,
@@ -84,7 +84,7 @@ pub(crate) struct Terminal {
 
 impl Terminal {
     pub(crate) fn new(config: ClaudeCodeConfig) -> Self {
-        let replay = Ring::new(config.terminal.replay_bytes);
+        let replay = StderrTail::new(config.terminal.replay_bytes);
         Self {
             config,
             state: Arc::new(Mutex::new(State {
@@ -339,7 +339,7 @@ fn reap(mut pty: Pty) {
     if matches!(pty.child.try_wait(), Ok(None)) {
         if let Some(pid) = pty.child.process_id() {
             // portable-pty starts the process with setsid(): its pid is its group.
-            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
         let _ = pty.child.wait();
     }

@@ -5,51 +5,13 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The local opencode server's password (`--opencode-token`). `Debug` and `Display` print
-/// `***`; [`Token::expose`] is the only way to read it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Token(String);
+pub use agentserver_common::secret::Secret;
 
-impl Token {
-    /// Wraps a password.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The password, for sending it where it belongs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when the password is empty (treated as "no password").
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Display for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Token {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl From<&str> for Token {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
+/// The local opencode server's password (`--opencode-token`): the workspace's one secret type
+/// ([`Secret`]: `Debug` and `Display` print `***`, [`Secret::expose`] is the only way to read
+/// it, and its value is scrubbed from the host's logs), under the name this crate's callers
+/// already use.
+pub type Token = Secret;
 
 /// What to answer when opencode asks for a permission during a task (a task has no human
 /// to ask; see `docs/decisions/opencode.md`).

@@ -6,14 +6,14 @@
 //! `GET /global/health`; no request is sent before that line, because opencode can accept a
 //! connection and then hang it for an hour while it is still starting.
 
-use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use agentserver_common::backoff::{Backoff, BackoffPolicy};
+use agentserver_common::process::{Detach, StderrTail, StopLadder, isolate, kill_group, sweep};
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -136,14 +136,6 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Sends `signal` to process group `pgid` (never 0 or 1). False if it no longer exists.
-pub fn signal_group(pgid: u32, signal: Signal) -> bool {
-    match i32::try_from(pgid) {
-        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), signal).is_ok(),
-        _ => false,
-    }
-}
-
 /// A started, ready `opencode serve`.
 pub(crate) struct Running {
     pub child: Child,
@@ -152,25 +144,41 @@ pub(crate) struct Running {
     pub version: String,
 }
 
-/// The last lines a child printed, for error messages.
-#[derive(Clone, Default)]
-struct Tail(Arc<Mutex<VecDeque<String>>>);
+/// Lines of the child's output kept for error messages, and the characters kept of each.
+const TAIL_LINES: usize = 20;
+const TAIL_LINE_CHARS: usize = 500;
+
+/// The last [`TAIL_LINES`] lines a child printed (each cut to [`TAIL_LINE_CHARS`]), for error
+/// messages: a [`StderrTail`] large enough to always hold them whole.
+#[derive(Clone)]
+struct Tail(Arc<Mutex<StderrTail>>);
+
+impl Default for Tail {
+    fn default() -> Self {
+        // One line more than kept, so the line the ring cuts is never one of the last 20.
+        let line_bytes = TAIL_LINE_CHARS * 4 + 1;
+        Self(Arc::new(Mutex::new(StderrTail::new(
+            (TAIL_LINES + 1) * line_bytes,
+        ))))
+    }
+}
 
 impl Tail {
     fn push(&self, line: &str) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == 20 {
-            q.pop_front();
-        }
-        q.push_back(line.chars().take(500).collect());
+        let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        tail.push_line(line, TAIL_LINE_CHARS);
     }
 
     fn render(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if q.is_empty() {
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_lines(TAIL_LINES);
+        if lines.is_empty() {
             String::new()
         } else {
-            format!(": {}", q.iter().cloned().collect::<Vec<_>>().join(" | "))
+            format!(": {}", lines.join(" | "))
         }
     }
 }
@@ -201,8 +209,12 @@ fn command(config: &OpencodeConfig) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(false);
+    // Its own process group, SIGINT/SIGTERM at their defaults (an ignored disposition, as a
+    // host started in the background by a shell has, survives exec and would make opencode deaf
+    // to the SIGINT that stops it) and killed with the host (`PR_SET_PDEATHSIG`), so a 600 MB
+    // server is never left behind.
+    isolate(cmd.as_std_mut(), Detach::Group);
     if config.clear_env {
         cmd.env_clear();
     }
@@ -213,23 +225,6 @@ fn command(config: &OpencodeConfig) -> Command {
     }
     if let Some(token) = config.token() {
         cmd.env("OPENCODE_SERVER_PASSWORD", token.expose());
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: the closure only calls prctl(2) and signal(2), which are async-signal-safe,
-        // and touches no memory of the parent. PR_SET_PDEATHSIG makes the kernel SIGKILL
-        // opencode if the host dies without stopping it (a crash, SIGKILL), so a 600 MB server
-        // is never left behind; SIGINT/SIGTERM are reset to their defaults because an ignored
-        // disposition (a host started in the background by a shell) survives exec and would
-        // make opencode deaf to the SIGINT that stops it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                Ok(())
-            });
-        }
     }
     cmd
 }
@@ -271,7 +266,7 @@ pub(crate) async fn spawn(
             })
         }
         Err(e) => {
-            signal_group(pid, Signal::SIGKILL);
+            kill_group(pid, Signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             Err(e)
         }
@@ -351,26 +346,24 @@ async fn wait_ready(
 /// SIGINT to the group, then SIGKILL after `grace` (spec §11).
 pub(crate) async fn stop_child(child: &mut Child, pid: u32, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
-        signal_group(pid, Signal::SIGKILL);
+        sweep(pid);
         return;
     }
     tracing::info!(pid, "stopping opencode serve");
-    signal_group(pid, Signal::SIGINT);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(_) => {
-            // Tools it started may still run in its group.
-            signal_group(pid, Signal::SIGKILL);
-        }
-        Err(_) => {
-            tracing::warn!(
-                pid,
-                ?grace,
-                "opencode serve did not stop on SIGINT; killing it"
-            );
-            signal_group(pid, Signal::SIGKILL);
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        }
+    let ladder = StopLadder {
+        signal: Signal::SIGINT,
+        grace,
+        kill_wait: Duration::from_secs(5),
+    };
+    if ladder.stop(child, pid).await.killed() {
+        tracing::warn!(
+            pid,
+            ?grace,
+            "opencode serve did not stop on SIGINT; killed it"
+        );
     }
+    // Tools it started may still run in its group.
+    sweep(pid);
 }
 
 /// State shared by the backend and the supervisor of a server the backend started.
@@ -409,7 +402,7 @@ impl Managed {
     /// Kills the current child's group at once (used when the backend is dropped).
     pub fn kill_now(&self) {
         if let Some(pid) = self.current_pid() {
-            signal_group(pid, Signal::SIGKILL);
+            kill_group(pid, Signal::SIGKILL);
         }
     }
 }
@@ -423,8 +416,13 @@ pub(crate) async fn supervise(
     mut running: Running,
     mut generation: u64,
 ) {
-    let initial = config.restart_backoff_initial;
-    let mut delay = initial;
+    // No jitter (one server, one host); a server that lived longer than the cap starts the
+    // schedule over.
+    let mut backoff = Backoff::new(BackoffPolicy {
+        reset_after: config.restart_backoff_max,
+        ..BackoffPolicy::capped(config.restart_backoff_initial, config.restart_backoff_max)
+            .without_jitter()
+    });
     loop {
         let started = Instant::now();
         let status = tokio::select! {
@@ -437,15 +435,13 @@ pub(crate) async fn supervise(
             }
         };
         // Leftovers of its group (tools it was running) go with it.
-        signal_group(running.pid, Signal::SIGKILL);
+        sweep(running.pid);
         shared.set_pid(None);
         if shared.stop.is_cancelled() {
             shared.state.send_replace(ServerState::Stopped);
             return;
         }
-        if started.elapsed() > config.restart_backoff_max {
-            delay = initial;
-        }
+        let mut delay = backoff.next_delay_after(started.elapsed());
         let status = match status {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
@@ -467,7 +463,6 @@ pub(crate) async fn supervise(
                     return;
                 }
             }
-            delay = (delay * 2).min(config.restart_backoff_max);
             let pid_slot = shared.clone();
             match spawn(&config, &api, &shared.stop, move |pid| {
                 pid_slot.set_pid(Some(pid))
@@ -493,6 +488,7 @@ pub(crate) async fn supervise(
                 }
                 Err(e) => {
                     shared.set_pid(None);
+                    delay = backoff.next_delay();
                     tracing::error!(error = %e, retry_in = ?delay, "restarting opencode serve failed");
                     shared.state.send_replace(ServerState::Restarting {
                         reason: e.to_string(),
@@ -525,11 +521,5 @@ mod tests {
         );
         assert!(parse_listening_line("Warning: OPENCODE_SERVER_PASSWORD is not set").is_none());
         assert!(parse_listening_line("listening on nothing").is_none());
-    }
-
-    #[test]
-    fn never_signals_dangerous_groups() {
-        assert!(!signal_group(0, Signal::SIGCONT));
-        assert!(!signal_group(1, Signal::SIGCONT));
     }
 }

@@ -11,10 +11,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agentserver_backend_opencode::{OpencodeBackend, ServerState, Token};
+use agentserver_common::process::kill_group;
 use agentserver_plugin_api::{Backend, CancellationToken, FailureKind, HttpRequest, TaskStatus};
 use futures_util::StreamExt;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use support::*;
 
 async fn get(backend: &OpencodeBackend, path: &str) -> (u16, Vec<u8>) {
@@ -229,7 +229,7 @@ async fn killed_server_is_restarted_and_requests_work_again() {
     assert_eq!(direct.status(), 401, "OPENCODE_SERVER_PASSWORD was not set");
 
     let pid = backend.server_pid().expect("we started it");
-    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(kill_group(pid, Signal::SIGKILL));
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
     // The very next request waits for the restarted server instead of failing.
     let (status, body) = tokio::time::timeout(LIMIT, get(&backend, "/global/health"))

@@ -12,9 +12,9 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::{Backoff, jittered};
-use super::sse::SseParser;
 use crate::secret::Secret;
+use agentserver_common::backoff::{Backoff, BackoffPolicy, jittered};
+use agentserver_common::sse::SseParser;
 
 /// Most events in one `POST …/worker/events` (the server's limit).
 pub const MAX_BATCH: usize = 100;
@@ -466,7 +466,7 @@ enum SseEnd {
     #[error("stream error: {0}")]
     Body(reqwest::Error),
     #[error("{0}")]
-    Parse(#[from] super::sse::SseError),
+    Parse(#[from] agentserver_common::sse::SseError),
 }
 
 /// The SSE reader: connect, replay after the high-water mark, route events; reconnect with
@@ -474,7 +474,10 @@ enum SseEnd {
 async fn sse_loop(shared: Arc<Shared>, stop: CancellationToken, on_inbound: InboundHandler) {
     let t = shared.client.timings.clone();
     let mut high_water: u64 = 0;
-    let mut backoff = Backoff::new(t.sse_backoff_initial, t.sse_backoff_max);
+    let mut backoff = Backoff::new(BackoffPolicy {
+        reset_after: t.sse_backoff_reset,
+        ..BackoffPolicy::capped(t.sse_backoff_initial, t.sse_backoff_max)
+    });
     loop {
         let started = Instant::now();
         let end = tokio::select! {
@@ -494,10 +497,7 @@ async fn sse_loop(shared: Arc<Shared>, stop: CancellationToken, on_inbound: Inbo
                 tracing::debug!(session = %shared.session_id, end = %other, "bridge event stream ended");
             }
         }
-        if started.elapsed() > t.sse_backoff_reset {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
+        let delay = backoff.next_delay_after(started.elapsed());
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -14,14 +14,12 @@
 //! - A backend never blocks the host: its events are drained continuously, a cancelled
 //!   backend that does not return within [`IntakeConfig::cancel_timeout`] is abandoned.
 
-pub mod backoff;
 pub mod bridge;
 pub mod client;
 pub mod outbox;
 mod reporter;
 mod runner;
 pub mod signals;
-pub mod sse;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -42,7 +40,7 @@ pub use runner::{
     failure_reason,
 };
 
-use backoff::jittered;
+use agentserver_common::backoff::jittered;
 use bridge::BridgeClient;
 use client::TaskClient;
 use outbox::Outbox;

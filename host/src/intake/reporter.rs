@@ -11,9 +11,9 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::IntakeEvent;
-use super::backoff::Backoff;
 use super::client::{ClientError, StatusBody, TaskClient, is_final_status};
 use super::outbox::{Outbox, OutboxEntry};
+use agentserver_common::backoff::{Backoff, BackoffPolicy};
 
 /// How the reporter retries.
 #[derive(Clone, Debug)]
@@ -194,7 +194,10 @@ fn reject(inner: &Inner, entry: &OutboxEntry, status: u16, body: &str) {
 }
 
 async fn deliver_loop(inner: &Inner, mut entry: OutboxEntry, mut verify_first: bool) {
-    let mut backoff = Backoff::new(inner.timings.initial, inner.timings.max);
+    let mut backoff = Backoff::new(BackoffPolicy::capped(
+        inner.timings.initial,
+        inner.timings.max,
+    ));
     let mut failures = 0u32;
     let mut shortened = 0usize;
     let mut full_body: Option<StatusBody> = None;

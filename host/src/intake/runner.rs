@@ -11,13 +11,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::bridge::{
     BridgeError, BridgeSession, BridgeTimings, Inbound, InboundHandler, MAX_BATCH, WorkerState,
 };
 use super::client::{PolledTask, StatusBody};
 use super::outbox::{OUTBOX_VERSION, OutboxEntry};
 use super::{IntakeEvent, Shared};
+use agentserver_common::backoff::{Backoff, BackoffPolicy};
 
 /// `failure_reason` of a task cancelled because the host shut down.
 pub const SHUTDOWN_REASON: &str = "cancelled by host shutdown";
@@ -323,7 +323,10 @@ where
     Fut: Future<Output = Result<T, BridgeError>>,
 {
     let deadline = Instant::now() + timings.retry_deadline;
-    let mut backoff = Backoff::new(timings.retry_initial, timings.retry_max);
+    let mut backoff = Backoff::new(BackoffPolicy::capped(
+        timings.retry_initial,
+        timings.retry_max,
+    ));
     loop {
         match f().await {
             Err(e) if e.is_transient() => {

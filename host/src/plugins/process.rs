@@ -331,17 +331,8 @@ fn command(exe: &Path, library: &Path) -> std::process::Command {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    #[cfg(target_os = "linux")]
-    // SAFETY: `prctl` is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Its own process group, dying with the host (`PR_SET_PDEATHSIG` on Linux).
+    agentserver_common::process::isolate(&mut cmd, agentserver_common::process::Detach::Group);
     cmd
 }
 
@@ -451,14 +442,13 @@ enum Pumped {
 
 /// Kills the child's process group unless disarmed (the child was reaped normally).
 struct GroupGuard {
-    pgid: Option<i32>,
+    pgid: Option<u32>,
 }
 
 impl GroupGuard {
     fn kill(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            // SAFETY: a plain kill of the group the child leads.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            agentserver_common::process::kill_group(pgid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -510,9 +500,7 @@ impl Backend for ProcessBackend {
                 ));
             }
         };
-        let mut guard = GroupGuard {
-            pgid: child.id().map(|id| id as i32),
-        };
+        let mut guard = GroupGuard { pgid: child.id() };
         let mut stdout = child.stdout.take().expect("piped");
         let stdin = Arc::new(tokio::sync::Mutex::new(child.stdin.take().expect("piped")));
         let send = |msg: ToChild| {

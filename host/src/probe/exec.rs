@@ -1,5 +1,6 @@
-//! Running one probe command: PATH lookup, a child process in its own process group, a hard
-//! timeout that kills the whole group (grandchildren included), output capture.
+//! Running one probe command: PATH lookup, a child process in its own process group
+//! (`agentserver_common::process::isolate`: it dies with the host too), a hard timeout that
+//! kills the whole group (grandchildren included), output capture.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -85,7 +86,10 @@ pub async fn run(
         command.env("PATH", path);
     }
     #[cfg(unix)]
-    command.process_group(0);
+    agentserver_common::process::isolate(
+        command.as_std_mut(),
+        agentserver_common::process::Detach::Group,
+    );
 
     let mut child = command.spawn().map_err(ExecError::Spawn)?;
     let pid = child.id();
@@ -130,12 +134,8 @@ async fn read_limited<R: AsyncRead + Unpin>(pipe: Option<R>) -> std::io::Result<
 
 #[cfg(unix)]
 fn kill_group(pid: u32) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    if let Ok(raw) = i32::try_from(pid) {
-        // ESRCH (the group is already empty) is the normal case after a clean exit.
-        let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
-    }
+    // False (the group is already empty) is the normal case after a clean exit.
+    agentserver_common::process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
 }
 
 #[cfg(not(unix))]

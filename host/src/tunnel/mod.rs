@@ -11,10 +11,9 @@
 //! * hands terminal streams to the backend's `attach_terminal`;
 //! * logs and closes streams of any other type.
 //!
-//! When the session ends it reconnects on the schedule of spec §6.2 ([`backoff`]), forever,
+//! When the session ends it reconnects on the schedule of spec §6.2 ([`Backoff`]), forever,
 //! until the cancellation token fires; then it closes the WebSocket with code 1000.
 
-pub mod backoff;
 pub mod http;
 pub mod proxy;
 
@@ -34,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::secret::Secret;
 
-pub use backoff::{Backoff, BackoffPolicy};
+/// The reconnect schedule (spec §6.2) is the workspace's one [`Backoff`], owned by
+/// `agentserver_common::backoff`; re-exported here for the tunnel's configuration.
+pub use agentserver_common::backoff::{Backoff, BackoffPolicy};
 pub use proxy::{HttpProxy, HttpProxyBackend};
 
 /// Produces the agent-info JSON (spec §7.1) for each control stream.
@@ -225,7 +226,7 @@ impl Tunnel {
                 Ok(()) => TunnelError::Session(SessionError::RemoteClosed),
                 Err(e) => e,
             };
-            let delay = backoff.next_delay(started.elapsed());
+            let delay = backoff.next_delay_after(started.elapsed());
             let reason = self.sanitize(&err.to_string());
             let token_rejected = matches!(err, TunnelError::TokenRejected);
             if last_reason.as_deref() != Some(reason.as_str()) {

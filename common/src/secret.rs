@@ -4,8 +4,12 @@
 //! `Debug`/`Display` keep our own code from printing a token; they cannot stop a dependency
 //! from logging a URL or a request that carries one (tungstenite logs the whole WebSocket
 //! handshake request at TRACE, `?token=` included). So every secret value this process holds
-//! is also registered here, and [`crate::logging`]'s writer replaces each occurrence with
-//! `***` before a line reaches stderr, whatever crate wrote it and whatever the filter.
+//! is also registered here, and the host's log writer (`agentserver::logging`) replaces each
+//! occurrence with `***` before a line reaches stderr, whatever crate wrote it and whatever
+//! the filter. The host keeps `agentserver::secret` as a re-export of this module.
+//!
+//! This is also the opencode backend's server password (`--opencode-token`):
+//! `agentserver_backend_opencode::Token` is this type under its old name.
 
 use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};

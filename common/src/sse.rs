@@ -1,5 +1,10 @@
-//! An incremental Server-Sent Events parser (the subset the bridge uses: `event:`, `id:`,
-//! `data:`, `:` comments, blank line dispatches).
+//! The one Server-Sent Events parser: incremental, bounded (a line, and the `data` of one
+//! event, are capped) and reading each byte once (no rescans of what it holds). It serves the
+//! bridge's event stream (`event:`, `id:`, `data:`, `:` comments, blank line dispatches) and
+//! opencode's `GET /event` stream.
+//!
+//! [`SseParser::feed`] refuses a stream that passes a cap (the bridge reconnects);
+//! [`SseParser::feed_lossy`] drops the oversized event up to its end and goes on (opencode).
 
 /// One dispatched SSE event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +39,10 @@ pub struct SseParser {
     data: Vec<String>,
     data_len: usize,
     has_fields: bool,
+    /// Lossy mode: the rest of an oversized line is being skipped up to its end.
+    skipping_line: bool,
+    /// Lossy mode: the rest of an oversized event is being skipped up to its blank line.
+    skipping_event: bool,
 }
 
 impl SseParser {
@@ -49,12 +58,44 @@ impl SseParser {
             data: Vec::new(),
             data_len: 0,
             has_fields: false,
+            skipping_line: false,
+            skipping_event: false,
         }
     }
 
-    /// Consumes a chunk and returns the events it completed.
+    /// Consumes a chunk and returns the events it completed; the first line or event past the
+    /// cap is an error (what follows it in `chunk` is not read).
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
         let mut out = Vec::new();
+        self.run(chunk, &mut out, None)?;
+        Ok(out)
+    }
+
+    /// Consumes a chunk and returns the events it completed. A line or an event past the cap
+    /// is dropped up to its end (`on_drop` is told why) and parsing goes on with the next one.
+    pub fn feed_lossy(&mut self, chunk: &[u8], mut on_drop: impl FnMut(SseError)) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let result = self.run(chunk, &mut out, Some(&mut on_drop));
+        debug_assert!(result.is_ok(), "lossy mode never fails");
+        out
+    }
+
+    /// Bytes of the unfinished line held now (at most the cap).
+    pub fn held_line_bytes(&self) -> usize {
+        self.line.len()
+    }
+
+    /// Bytes of `data` of the undispatched event held now (at most the cap).
+    pub fn held_data_bytes(&self) -> usize {
+        self.data_len
+    }
+
+    fn run(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<SseEvent>,
+        mut lossy: Option<&mut dyn FnMut(SseError)>,
+    ) -> Result<(), SseError> {
         for &b in chunk {
             if self.last_was_cr {
                 self.last_was_cr = false;
@@ -62,25 +103,62 @@ impl SseParser {
                     continue;
                 }
             }
-            match b {
-                b'\n' => self.end_line(&mut out)?,
+            let ended = match b {
+                b'\n' => true,
                 b'\r' => {
                     self.last_was_cr = true;
-                    self.end_line(&mut out)?;
+                    true
                 }
-                _ => {
-                    if self.line.len() >= self.max_line {
-                        return Err(SseError::LineTooLong(self.max_line));
-                    }
+                _ => false,
+            };
+            if ended {
+                if std::mem::take(&mut self.skipping_line) {
+                    continue;
+                }
+                if let Err(e) = self.end_line(out) {
+                    self.overflow(e, &mut lossy)?;
+                }
+            } else if !self.skipping_line {
+                if self.line.len() >= self.max_line {
+                    self.line.clear();
+                    self.skipping_line = true;
+                    self.overflow(SseError::LineTooLong(self.max_line), &mut lossy)?;
+                } else {
                     self.line.push(b);
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// A cap was passed: an error in strict mode; in lossy mode the event is dropped up to its
+    /// blank line and `on_drop` is told.
+    fn overflow(
+        &mut self,
+        error: SseError,
+        lossy: &mut Option<&mut dyn FnMut(SseError)>,
+    ) -> Result<(), SseError> {
+        let Some(on_drop) = lossy else {
+            return Err(error);
+        };
+        self.data.clear();
+        self.data_len = 0;
+        self.event.clear();
+        self.id = None;
+        self.has_fields = false;
+        self.skipping_event = true;
+        on_drop(error);
+        Ok(())
     }
 
     fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         let line = std::mem::take(&mut self.line);
+        if self.skipping_event {
+            if line.is_empty() {
+                self.skipping_event = false;
+            }
+            return Ok(());
+        }
         let line = String::from_utf8_lossy(&line);
         if line.is_empty() {
             if self.has_fields {
@@ -163,6 +241,21 @@ mod tests {
     fn refuses_overlong_lines() {
         let mut p = SseParser::new(4);
         assert_eq!(p.feed(b"data: long"), Err(SseError::LineTooLong(4)));
+    }
+
+    #[test]
+    fn lossy_mode_drops_the_oversized_event_and_goes_on() {
+        let mut p = SseParser::new(16);
+        let mut dropped = Vec::new();
+        let ev = p.feed_lossy(
+            b"id: 1\ndata: far too long for the cap\nid: 2\n\nid: 3\ndata: ok\n\n",
+            |e| dropped.push(e),
+        );
+        assert_eq!(dropped, [SseError::LineTooLong(16)]);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].id.as_deref(), Some("3"));
+        assert_eq!(ev[0].data, "ok");
+        assert!(p.held_line_bytes() == 0 && p.held_data_bytes() == 0);
     }
 
     #[test]

@@ -1,0 +1,23 @@
+//! The single owner of concerns the host, the built-in backends and the probe share, so that
+//! each exists once (issue 16, "one owner per concern"):
+//!
+//! - [`process`]: child processes in their own process group or session, with the signal mask
+//!   reset and a parent-death signal; the stop ladder (signal → grace → SIGKILL of the group);
+//!   the leftover sweep; a bounded stderr tail. The only place that calls `killpg`.
+//! - [`backoff`]: the one retry schedule ([`backoff::Backoff`]: initial, cap, jitter,
+//!   reset after a long-lived attempt) and a jittered interval helper.
+//! - [`sse`]: the one bounded, incremental Server-Sent Events parser.
+//! - [`secret`]: [`secret::Secret`], a string that never prints itself, and the process-wide
+//!   redaction registry the host's log writer scrubs.
+//!
+//! It depends on no other crate of the workspace, so the backends (which otherwise depend only
+//! on the plugin API) can use it.
+
+pub mod backoff;
+#[cfg(unix)]
+pub mod process;
+pub mod secret;
+pub mod sse;
+
+pub use backoff::{Backoff, BackoffPolicy};
+pub use secret::Secret;
