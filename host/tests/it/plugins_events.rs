@@ -280,3 +280,41 @@ fn flood_component(dir: &Path) -> PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// The whole path for a 50 MiB result (it never got a final status before): through the real
+/// host and the intake to the server, which gets one final status with the result cut to the
+/// documented cap (`MAX_RESULT_BYTES`) and its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_result_through_the_host_gets_one_final_status_within_the_cap() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = build_misbehaving_plugin(tmp.path(), "libbig.so");
+    let host = Host::start(&server, tmp.path(), "big-c", "native", &lib);
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| !s.sandboxes().is_empty())
+            .await,
+        "the host never registered: {}",
+        host.stderr()
+    );
+    let sandbox = mock.sandboxes()[0].clone();
+    let task = mock.create_task(&sandbox.id, &format!("big-result {}", 50 << 20));
+    let record = mock
+        .wait_task_final(&task, Duration::from_secs(60))
+        .await
+        .expect("task exists");
+    assert_eq!(record.status, "completed", "{}", host.stderr());
+    assert_eq!(record.final_updates().len(), 1);
+    let result = record.result.unwrap();
+    let result = result.as_str().unwrap();
+    let cap = agentserver::intake::client::MAX_RESULT_BYTES;
+    assert!(result.len() <= cap + 100, "{}", result.len());
+    assert!(
+        result.ends_with(&format!(
+            "[cut by the agentserver host: {cap} of {} bytes]",
+            50 << 20
+        )),
+        "{}",
+        &result[result.len() - 80..]
+    );
+}
