@@ -36,3 +36,12 @@ if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/
 else
     python3 -m pip install --quiet --disable-pip-version-check "mcp==$MCP_PY_VERSION"
 fi
+
+# The Prometheus project's Python client: host/tests/ops_metrics.rs parses `/metrics` with its
+# text parser (prometheus_client.parser.text_string_to_metric_families).
+PROMETHEUS_CLIENT_PY_VERSION=0.23.1
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("prometheus_client"))' 2>/dev/null)" = "$PROMETHEUS_CLIENT_PY_VERSION" ]; then
+    echo "python prometheus_client $PROMETHEUS_CLIENT_PY_VERSION already installed"
+else
+    python3 -m pip install --quiet --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_PY_VERSION"
+fi

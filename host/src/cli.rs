@@ -40,6 +40,11 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Log line format on stderr: `text`, or `json` (one JSON object a line, for log
+    /// shippers; secrets are scrubbed as in text).
+    #[arg(long, value_enum, default_value_t = agentserver::logging::LogFormat::Text, global = true, value_name = "FORMAT")]
+    pub log_format: agentserver::logging::LogFormat,
+
     /// The command; none means `run --backend claudecode`.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -112,6 +117,22 @@ pub struct RootArgs {
     #[command(flatten)]
     /// Task intake options.
     pub intake: IntakeArgs,
+    #[command(flatten)]
+    /// Operations options.
+    pub ops: OpsArgs,
+}
+
+/// Operations options of a serving host: metrics, health, lifetime.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OpsArgs {
+    /// Serve `/metrics` (Prometheus text format) and `/healthz` on this address: `PORT` or
+    /// `HOST:PORT`; a port alone listens on 127.0.0.1 only. Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = agentserver::ops::parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Exit cleanly (code 0, after the drain) once no task has arrived or run for this many
+    /// minutes (fractions allowed), for ephemeral machines.
+    #[arg(long, value_name = "MINUTES", value_parser = parse_minutes)]
+    pub exit_if_unused: Option<Duration>,
 }
 
 /// Every subcommand.
@@ -132,6 +153,9 @@ pub enum Command {
     Login(LoginArgs),
     /// List the sessions saved under ~/.agentserver/sessions (resumable with --resume ID).
     List(ListArgs),
+    /// Show what the running hosts of this state directory are doing: sandboxes, tunnel,
+    /// running tasks, outbox, last error. Exits 1 when no host runs.
+    Status(StatusArgs),
     /// Remove an agent entry from the legacy ~/.agentserver/registry.json.
     Remove(RemoveArgs),
     /// Run only the task worker (poll, execute with Claude Code, report), without a tunnel.
@@ -335,6 +359,17 @@ pub struct RunArgs {
     #[command(flatten)]
     /// Plugin options.
     pub plugins: PluginArgs,
+    #[command(flatten)]
+    /// Operations options.
+    pub ops: OpsArgs,
+}
+
+/// `status` options.
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// Print JSON (`{"hosts": [...]}`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `login` options.
@@ -497,6 +532,17 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A positive number of minutes (fractions allowed).
+fn parse_minutes(text: &str) -> Result<Duration, String> {
+    let minutes: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of minutes"))?;
+    if !(minutes > 0.0 && minutes <= 60.0 * 24.0 * 365.0) {
+        return Err(format!("`{text}` minutes is out of range (more than 0)"));
+    }
+    Ok(Duration::from_secs_f64(minutes * 60.0))
+}
+
 /// Like [`parse_seconds`], but zero is refused (a timeout of zero would fail every task).
 fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     let duration = parse_seconds(text)?;
@@ -550,6 +596,7 @@ mod tests {
             "run",
             "login",
             "list",
+            "status",
             "remove",
             "task-worker",
             "mcp-server",
@@ -645,6 +692,37 @@ mod tests {
     #[test]
     fn resume_conflicts_with_continue() {
         assert!(Cli::try_parse_from(["agentserver", "-r", "x", "-c"]).is_err());
+    }
+
+    #[test]
+    fn ops_flags() {
+        let cli = Cli::try_parse_args_from([
+            "agentserver",
+            "--log-format",
+            "json",
+            "run",
+            "--metrics-listen",
+            "9100",
+            "--exit-if-unused",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, agentserver::logging::LogFormat::Json);
+        match cli.command {
+            Some(Command::Run(r)) => {
+                assert_eq!(r.ops.metrics_listen.unwrap().to_string(), "127.0.0.1:9100");
+                assert_eq!(r.ops.exit_if_unused, Some(Duration::from_secs(30)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_args_from(["agentserver", "--exit-if-unused", "2"]).unwrap();
+        assert_eq!(cli.root.ops.exit_if_unused, Some(Duration::from_secs(120)));
+        assert!(parse_minutes("0").is_err());
+        assert!(parse_minutes("-1").is_err());
+        assert!(
+            Cli::try_parse_args_from(["agentserver", "status", "--json", "--log-format", "json"])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn read_state_file(path: &Path) -> io::Result<Vec<u8>> {
 
 /// The files and folders directly under the state directory that the host owns and keeps
 /// private; `sessions/` is checked file by file as well.
-const OWNED_ENTRIES: [&str; 8] = [
+const OWNED_ENTRIES: [&str; 9] = [
     ".credentials.json",
     "registry.json",
     "config.toml",
@@ -144,6 +144,7 @@ const OWNED_ENTRIES: [&str; 8] = [
     "plugins",
     "cache",
     ".credentials.json.lock",
+    "status",
 ];
 
 /// Restores the private mode of one path the host owns, as ssh insists on for `~/.ssh`: a
@@ -180,7 +181,8 @@ pub fn tighten_private(path: &Path) -> io::Result<bool> {
 }
 
 /// Checks the state directory (`~/.agentserver`) and what the host keeps in it (credentials,
-/// registry, config, `sessions/` and each session file, `outbox/`, `plugins/`, `cache/`) with
+/// registry, config, `sessions/` and each session file, `outbox/`, `plugins/`, `cache/`,
+/// `status/`) with
 /// [`tighten_private`]. Failures are warnings: the check never stops a command.
 pub fn tighten_state_dir(state_dir: &Path) {
     let check = |path: &Path| {

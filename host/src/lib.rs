@@ -11,6 +11,8 @@ pub mod http;
 pub mod intake;
 pub mod logging;
 pub mod mcp;
+pub mod metrics;
+pub mod ops;
 pub mod paths;
 pub mod plugins;
 pub mod probe;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     agentserver::logging::init(
         cli.verbose,
         std::io::stderr().is_terminal(),
+        cli.log_format,
         std::io::stderr,
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()

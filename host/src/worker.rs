@@ -141,6 +141,17 @@ impl Worker {
         self.intake.handle()
     }
 
+    /// How long the tunnel may stay down and still be "reconnecting within its policy": the
+    /// longest reconnect delay (with jitter) plus one connection attempt.
+    pub fn tunnel_down_limit(&self) -> Duration {
+        let config = self.tunnel.config();
+        config
+            .backoff
+            .max
+            .mul_f64(1.0 + config.backoff.jitter.max(0.0))
+            + config.connect_timeout
+    }
+
     /// Tunnel connection events from now on.
     pub fn tunnel_events(&self) -> broadcast::Receiver<TunnelEvent> {
         self.tunnel.events()
@@ -176,6 +187,50 @@ impl Worker {
         backend.shutdown().await;
         Ok(summary?)
     }
+}
+
+/// `--exit-if-unused`: drains the intake once no task has arrived, run or finished for `idle`
+/// (the worker then returns, so the process exits 0). Returns the watching task; it ends
+/// after draining.
+pub fn drain_when_unused(handle: IntakeHandle, idle: Duration) -> tokio::task::JoinHandle<()> {
+    use crate::intake::IntakeEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = handle.subscribe();
+    tokio::spawn(async move {
+        let mut running = std::collections::HashSet::new();
+        let mut deadline = tokio::time::Instant::now() + idle;
+        loop {
+            let event = if running.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        crate::logging::notice(&format!(
+                            "No task for {:.0?} (--exit-if-unused); stopping.",
+                            idle
+                        ));
+                        handle.drain();
+                        return;
+                    }
+                    event = events.recv() => event,
+                }
+            } else {
+                events.recv().await
+            };
+            match event {
+                Ok(IntakeEvent::Polled { .. }) => {
+                    deadline = tokio::time::Instant::now() + idle;
+                }
+                Ok(IntakeEvent::Started { task_id, .. }) => {
+                    running.insert(task_id);
+                }
+                Ok(IntakeEvent::Finished { task_id, .. }) => {
+                    running.remove(&task_id);
+                    deadline = tokio::time::Instant::now() + idle;
+                }
+                Ok(IntakeEvent::Draining) | Err(RecvError::Closed) => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            }
+        }
+    })
 }
 
 /// The agent-info JSON for each control stream: cached capabilities (re-probed in the

@@ -121,6 +121,8 @@ impl LoginUi for TerminalLoginUi {
             );
         }
         match qr2term::generate_qr_string(prompt.url) {
+            // With JSON logs stderr holds only JSON lines: the code goes with the prompt.
+            Ok(qr) if crate::logging::json_logs() => print!("{qr}"),
             Ok(qr) => eprint!("{qr}"),
             Err(err) => tracing::debug!(%err, "cannot render the QR code"),
         }

@@ -227,7 +227,7 @@ async fn wait_connected(events: &mut tokio::sync::broadcast::Receiver<TunnelEven
                 Ok(TunnelEvent::Connected { .. }) => return Ok(()),
                 Ok(TunnelEvent::Disconnected { reason, .. }) => detail(&format!("tunnel attempt failed: {reason}")),
                 Ok(TunnelEvent::Stopped) => bail!("the tunnel stopped"),
-                Err(_) => {}
+                Ok(TunnelEvent::InfoSent { .. }) | Err(_) => {}
             }
         }
     }

@@ -7,6 +7,7 @@ mod list;
 mod login;
 mod remove;
 mod run;
+mod status;
 mod task_worker;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Login(args)) => login::login(args).await,
         Some(Command::List(args)) => list::list(args),
+        Some(Command::Status(args)) => status::status(args).await,
         Some(Command::Remove(args)) => remove::remove(args).await,
         Some(Command::TaskWorker(args)) => task_worker::task_worker(args).await,
         Some(Command::McpServer) => mcp_server::mcp_server().await,
@@ -68,6 +70,7 @@ fn root_as_run(root: RootArgs) -> RunArgs {
         opencode: Default::default(),
         intake: root.intake,
         plugins: Default::default(),
+        ops: root.ops,
     }
 }
 

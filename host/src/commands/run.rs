@@ -3,13 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use agentserver::auth::{AuthContext, TerminalLoginUi};
 use agentserver::dispatch::BackendKind;
 use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
+use agentserver::logging::notice;
+use agentserver::metrics::{Metrics, SandboxInfo};
+use agentserver::ops::{MetricsServer, StatusSocket};
 use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
 use agentserver::tunnel::TunnelEvent;
-use agentserver::worker::{Worker, WorkerOptions, spawn_leftover_flush};
+use agentserver::worker::{Worker, WorkerOptions, drain_when_unused, spawn_leftover_flush};
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +74,29 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         SessionOrigin::Resumed => "Resumed sandbox",
         SessionOrigin::Continued => "Continued sandbox",
     };
-    eprintln!(
+    notice(&format!(
         "{verb} {} ({}, type {}) on {}",
         session.sandbox_id, session.name, session.session_type, session.server_url
-    );
+    ));
+
+    // Bound before the backend starts, so a busy port fails the start cleanly.
+    let metrics = Arc::new(Metrics::new());
+    let metrics_server = match args.ops.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, metrics.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            if !server.local_addr().ip().is_loopback() {
+                tracing::warn!(addr = %server.local_addr(), "metrics and health are served beyond this machine");
+            }
+            notice(&format!(
+                "Metrics on http://{0}/metrics, health on http://{0}/healthz",
+                server.local_addr()
+            ));
+            Some(server)
+        }
+        None => None,
+    };
 
     if kind == BackendKind::ClaudeCode {
         prepare_claudecode(&args, &session, &workdir).await;
@@ -85,6 +108,30 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.grace_period = args.intake.grace_period;
     options.timeouts = args.intake.timeouts();
     let worker = Worker::start(&session, backend, options).await?;
+    let _attached = metrics.attach(
+        SandboxInfo {
+            sandbox_id: session.sandbox_id.clone(),
+            server: session.server_url.clone(),
+            backend: info.name.clone(),
+            tunnel_down_limit: worker.tunnel_down_limit(),
+        },
+        worker.intake_handle(),
+        worker.tunnel_events(),
+    );
+    let status_socket = {
+        let metrics = metrics.clone();
+        let listen = metrics_server.as_ref().map(|s| s.local_addr().to_string());
+        StatusSocket::start(&agentserver::ops::status_dir(), move || {
+            metrics.status(listen.clone())
+        })
+    };
+    let status_socket = match status_socket {
+        Ok(socket) => Some(socket),
+        Err(err) => {
+            tracing::warn!(%err, "cannot open the status socket; `agentserver status` will not see this host");
+            None
+        }
+    };
     let leftovers = spawn_leftover_flush(
         store.clone(),
         agentserver::paths::outbox_dir(),
@@ -94,11 +141,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let signals =
         SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
     let status_printer = tokio::spawn(print_tunnel_events(worker.tunnel_events()));
-    eprintln!(
+    let unused = args
+        .ops
+        .exit_if_unused
+        .map(|idle| drain_when_unused(handle.clone(), idle));
+    notice(&format!(
         "Serving tasks with the {} backend in {} (Ctrl-C to stop)",
         info.name,
         workdir.display()
-    );
+    ));
 
     let outcome = tokio::select! {
         summary = worker.run() => Some(summary),
@@ -106,14 +157,20 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     status_printer.abort();
     leftovers.abort();
+    if let Some(unused) = unused {
+        unused.abort();
+    }
+    metrics.intake_stopped(&session.sandbox_id);
+    drop(status_socket);
+    drop(metrics_server);
     let code = match outcome {
         Some(summary) => {
             let summary = summary?;
             if summary.unreported > 0 {
-                eprintln!(
+                notice(&format!(
                     "{} final status(es) not yet accepted by the server; they are kept in the outbox and sent at the next start.",
                     summary.unreported
-                );
+                ));
             }
             ExitCode::SUCCESS
         }
@@ -121,7 +178,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let sandbox_id = session.sandbox_id.clone();
     if let Err(err) = guard.release() {
-        eprintln!("warning: cannot clear the session's pid: {err}");
+        tracing::warn!(%err, "cannot clear the session's pid");
     }
     println!("Agent disconnected.");
     println!("To resume this session: {}", kind.resume_hint(&sandbox_id));
@@ -178,9 +235,9 @@ async fn print_tunnel_events(mut events: tokio::sync::broadcast::Receiver<Tunnel
         match events.recv().await {
             Ok(TunnelEvent::Connected { attempt }) => {
                 if attempt == 1 {
-                    eprintln!("Tunnel connected.");
+                    notice("Tunnel connected.");
                 } else {
-                    eprintln!("Tunnel reconnected (attempt {attempt}).");
+                    notice(&format!("Tunnel reconnected (attempt {attempt})."));
                 }
             }
             Ok(TunnelEvent::Disconnected {
@@ -189,16 +246,18 @@ async fn print_tunnel_events(mut events: tokio::sync::broadcast::Receiver<Tunnel
                 retry_in,
             }) => {
                 if token_rejected {
-                    eprintln!(
+                    notice(&format!(
                         "Tunnel token rejected by the server (was the sandbox deleted?); retrying in {:.0?}.",
                         retry_in
-                    );
+                    ));
                 } else {
-                    eprintln!("Tunnel disconnected: {reason}; retrying in {retry_in:.0?}.");
+                    notice(&format!(
+                        "Tunnel disconnected: {reason}; retrying in {retry_in:.0?}."
+                    ));
                 }
             }
             Ok(TunnelEvent::Stopped) | Err(RecvError::Closed) => return,
-            Err(RecvError::Lagged(_)) => {}
+            Ok(TunnelEvent::InfoSent { .. }) | Err(RecvError::Lagged(_)) => {}
         }
     }
 }

@@ -230,6 +230,24 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A short, fixed name for the kind of failure (a metrics label): `timeout`, `transport`
+    /// (no answer), `auth` (401/403), `rate_limited` (429), `server` (5xx), `http` (another
+    /// status), `decode` (an answer that is not the expected JSON), `invalid_task_id`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Transport(e) if e.is_timeout() => "timeout",
+            Self::Transport(_) => "transport",
+            Self::Status {
+                status: 401 | 403, ..
+            } => "auth",
+            Self::Status { status: 429, .. } => "rate_limited",
+            Self::Status { status, .. } if *status >= 500 => "server",
+            Self::Status { .. } => "http",
+            Self::Decode(_) => "decode",
+            Self::InvalidTaskId(_) => "invalid_task_id",
+        }
+    }
+
     /// The HTTP status, if the server answered.
     pub fn status(&self) -> Option<u16> {
         match self {

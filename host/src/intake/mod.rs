@@ -179,6 +179,15 @@ pub enum IntakeEvent {
         /// The HTTP status.
         http_status: u16,
     },
+    /// A poll got an answer the intake could read (with or without tasks).
+    PollSucceeded,
+    /// A poll failed; the intake tries again after the poll interval.
+    PollFailed {
+        /// What kind of failure ([`client::ClientError::class`]): a label, never per task.
+        class: &'static str,
+        /// The error, in words.
+        error: String,
+    },
     /// Draining began: no more polls.
     Draining,
     /// Running tasks are being cancelled.
@@ -271,9 +280,15 @@ pub struct IntakeHandle {
     cancel: CancellationToken,
     events: broadcast::Sender<IntakeEvent>,
     ledger: Arc<Ledger>,
+    reporter: Reporter,
 }
 
 impl IntakeHandle {
+    /// Final statuses written to the outbox and not yet accepted (or dropped) by the server.
+    pub fn outbox_pending(&self) -> usize {
+        self.reporter.pending()
+    }
+
     /// Stops taking tasks; running tasks get the grace period, then are cancelled.
     pub fn drain(&self) {
         if !self.drain.is_cancelled() {
@@ -416,6 +431,7 @@ impl Intake {
             cancel: CancellationToken::new(),
             events: events.clone(),
             ledger: ledger.clone(),
+            reporter: reporter.clone(),
         };
         let workdir = config.workdir.to_string_lossy().into_owned();
         let shared = Arc::new(Shared {
@@ -551,6 +567,7 @@ impl Intake {
                 let interval = jittered(shared.config.poll_interval, shared.config.poll_jitter);
                 match polled {
                     Ok(batch) => {
+                        let _ = shared.events.send(IntakeEvent::PollSucceeded);
                         if poll_failures > 0 {
                             tracing::info!("task polling works again");
                             poll_failures = 0;
@@ -588,6 +605,10 @@ impl Intake {
                         }
                     }
                     Err(err) => {
+                        let _ = shared.events.send(IntakeEvent::PollFailed {
+                            class: err.class(),
+                            error: err.to_string(),
+                        });
                         poll_failures += 1;
                         if poll_failures == 1 {
                             tracing::warn!(%err, "task poll failed; will keep trying");

@@ -39,6 +39,14 @@ pub(crate) struct Reporter {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reporter {
     pub(crate) fn new(
         client: TaskClient,

@@ -135,6 +135,12 @@ pub enum TunnelEvent {
         /// Delay before the next attempt.
         retry_in: Duration,
     },
+    /// Agent info went out on a control stream (`ok`), or could not be sent (`!ok`: only
+    /// logged; it never causes a reconnect).
+    InfoSent {
+        /// Whether the stream was opened and written.
+        ok: bool,
+    },
     /// The tunnel stopped (cancelled).
     Stopped,
 }
@@ -187,6 +193,11 @@ impl Tunnel {
             events,
             status,
         }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &TunnelConfig {
+        &self.config
     }
 
     /// Subscribes to connection events.
@@ -317,6 +328,7 @@ impl Tunnel {
             control.clone(),
             Arc::clone(&self.info),
             self.config.info_interval,
+            self.events.clone(),
         ));
         let backend = Arc::clone(&self.backend);
         let accept = async move {
@@ -350,15 +362,22 @@ pub async fn run(
 
 /// Sends agent info at once, then every `interval`, until aborted. Failures are only logged
 /// (upstream: open/write errors never trigger a reconnect).
-async fn info_loop(control: Control, info: InfoSource, interval: Duration) {
+async fn info_loop(
+    control: Control,
+    info: InfoSource,
+    interval: Duration,
+    events: broadcast::Sender<TunnelEvent>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let json = info().await;
-        if let Err(e) = send_info(&control, &json).await {
+        let sent = send_info(&control, &json).await;
+        if let Err(e) = &sent {
             tracing::debug!(error = %e, "could not send agent info");
         }
+        let _ = events.send(TunnelEvent::InfoSent { ok: sent.is_ok() });
     }
 }
 
