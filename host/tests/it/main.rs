@@ -19,6 +19,8 @@ mod login_device_flow;
 mod login_no_token_in_logs;
 mod login_refresh_register;
 mod mcp;
+mod ops_lifecycle;
+mod ops_metrics;
 mod outbox_flush;
 mod plugins_cli;
 mod plugins_events;

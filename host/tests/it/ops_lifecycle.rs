@@ -3,7 +3,7 @@
 //! `--log-format json` writes one JSON object a line on stderr, with no token in it, even at
 //! TRACE for every crate.
 
-mod support_run;
+use crate::support_run;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};

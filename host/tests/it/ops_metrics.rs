@@ -3,7 +3,7 @@
 //! (`prometheus_client.parser`), `/healthz` turning 503 when the tunnel is refused, and
 //! `agentserver status` (table and `--json`) from another process, before and after the host.
 
-mod support_run;
+use crate::support_run;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
