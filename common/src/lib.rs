@@ -9,11 +9,15 @@
 //! - [`sse`]: the one bounded, incremental Server-Sent Events parser.
 //! - [`secret`]: [`secret::Secret`], a string that never prints itself, and the process-wide
 //!   redaction registry the host's log writer scrubs.
+//! - [`forward`]: the one HTTP forwarder of tunnel requests to a local server (hop-by-hop
+//!   headers, the final URL's origin check, streamed request bodies with an exact
+//!   `Content-Length`), shipped by the opencode backend and run by the tunnel tests.
 //!
-//! It depends on no other crate of the workspace, so the backends (which otherwise depend only
-//! on the plugin API) can use it.
+//! Of the workspace it depends only on `agentserver-plugin-api` (the HTTP types `forward`
+//! speaks), so the backends (which otherwise depend only on the plugin API) can use it.
 
 pub mod backoff;
+pub mod forward;
 #[cfg(unix)]
 pub mod process;
 pub mod secret;

@@ -15,7 +15,7 @@ mod task;
 pub mod wit;
 
 pub use backend::{Backend, BackendError, BackendInfo, SessionType, TerminalIo, TerminalStream};
-pub use http::{HttpBody, HttpRequest, HttpResponse};
+pub use http::{HttpBody, HttpRequest, HttpResponse, InvalidPath, LocalPath, RequestBody};
 pub use task::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
 pub use tokio_util::sync::CancellationToken;
 

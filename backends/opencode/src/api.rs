@@ -44,20 +44,9 @@ pub enum ApiError {
     },
 }
 
-/// Renders an error with its sources (`a: b: c`).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+/// Renders an error with its sources (`a: b: c`): the workspace's one, in
+/// `agentserver_common::forward`.
+pub use agentserver_common::forward::error_chain;
 
 /// `Authorization: Basic base64("opencode:" + token)`.
 pub fn basic_auth(token: &Token) -> Option<HeaderValue> {
@@ -94,19 +83,10 @@ impl std::fmt::Debug for Api {
 }
 
 /// An HTTP client that never decompresses bodies and never follows redirects, with no overall
-/// timeout (SSE) but a connect timeout.
+/// timeout (SSE) but a connect timeout: `agentserver_common::forward::local_client`, shared by
+/// the API calls and the tunnel's forwarder.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_gzip()
-        .no_brotli()
-        .no_deflate()
-        .no_zstd()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+    agentserver_common::forward::local_client()
 }
 
 impl Api {

@@ -29,18 +29,18 @@ use url::Url;
 pub mod api;
 mod config;
 mod driver;
-mod proxy;
 pub mod server;
 pub mod sse;
 pub mod translate;
 
+/// The final URL's origin check of the one forwarder (`agentserver_common::forward`).
+pub use agentserver_common::forward::target_url;
 pub use config::{OpencodeConfig, PermissionPolicy, Token};
 pub use driver::prompt_body;
-pub use proxy::target_url;
 pub use server::{ServerState, StartError, parse_listening_line};
 
+use agentserver_common::forward::{ForwardError, Forwarder};
 use api::Api;
-use proxy::ForwardError;
 use server::Managed;
 
 /// Name users pass to `--backend`.
@@ -58,6 +58,9 @@ pub struct OpencodeBackend {
 struct Inner {
     config: Arc<OpencodeConfig>,
     api: Api,
+    /// The tunnel's HTTP streams go out through the workspace's one forwarder, on the API's
+    /// client and with its Basic credential.
+    forwarder: Forwarder,
     managed: Arc<Managed>,
     started: OnceCell<Result<(), String>>,
 }
@@ -98,10 +101,12 @@ impl OpencodeBackend {
     /// task or HTTP request, which start it on demand).
     pub fn new(config: OpencodeConfig) -> Self {
         let api = Api::new(config.token());
+        let forwarder = Forwarder::new(api.client().clone(), api.auth().cloned());
         Self {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 api,
+                forwarder,
                 managed: Arc::new(Managed::new()),
                 started: OnceCell::new(),
             }),
@@ -225,15 +230,20 @@ impl OpencodeBackend {
     async fn forward(&self, request: HttpRequest) -> Result<HttpResponse, BackendError> {
         let timeout = self.inner.config.ready_timeout;
         let (base, generation) = self.wait_ready(timeout).await?;
-        let error = match proxy::forward(&self.inner.api, &base, &request).await {
+        let idempotent = is_idempotent(&request.method);
+        let (error, again) = match self.inner.forwarder.forward(&base, request).await {
             Ok(response) => return Ok(response),
             Err(ForwardError::Reply(reply)) => return Ok(reply),
-            Err(ForwardError::Connect(e)) => e,
-            Err(ForwardError::Lost(e)) if is_idempotent(&request.method) => e,
-            Err(ForwardError::Lost(e)) => return Ok(local_error(&e)),
+            Err(ForwardError::Connect { message, request }) => (message, request),
+            Err(ForwardError::Lost { message, request }) if idempotent => (message, request),
+            Err(ForwardError::Lost { message, .. }) => return Ok(local_error(&message)),
         };
         // opencode did not take the request. If it is ours and it died, the supervisor
-        // restarts it: wait for that and try once more.
+        // restarts it: wait for that and try once more, if the request can still be sent (its
+        // body is in memory or was never read).
+        let Some(request) = again else {
+            return Ok(local_error(&error));
+        };
         if generation == 0 {
             return Ok(local_error(&error));
         }
@@ -255,10 +265,9 @@ impl OpencodeBackend {
             "opencode went away during a tunnel request; retrying once it is back"
         );
         let (base, _) = self.wait_ready(timeout).await?;
-        match proxy::forward(&self.inner.api, &base, &request).await {
+        match self.inner.forwarder.forward(&base, request).await {
             Ok(response) => Ok(response),
-            Err(ForwardError::Reply(reply)) => Ok(reply),
-            Err(ForwardError::Connect(e) | ForwardError::Lost(e)) => Ok(local_error(&e)),
+            Err(e) => Ok(e.into_reply()),
         }
     }
 }

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentserver_mux::{StreamType, write_header};
-use agentserver_plugin_api::{Backend, BackendError, HttpRequest, HttpResponse};
+use agentserver_plugin_api::{
+    Backend, BackendError, HttpRequest, HttpResponse, LocalPath, RequestBody,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// The request metadata the server sends (`HTTPStreamMeta`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -76,24 +79,6 @@ pub fn first_values(headers: &[(String, String)]) -> HashMap<String, String> {
     out
 }
 
-/// Checks and normalises a request path: adds a leading `/` when missing; rejects anything that
-/// would be read as an authority (`//host/x`, `/\host`) or that holds control characters or
-/// spaces (which Go's URL parser refuses).
-pub fn validate_path(path: &str) -> Option<String> {
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    if path.starts_with("//") || path.starts_with("/\\") {
-        return None;
-    }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return None;
-    }
-    Some(path)
-}
-
 async fn write_error<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, status: u16, message: &str) {
     let meta = HttpResponseMeta {
         status,
@@ -111,12 +96,59 @@ async fn write_error<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, status: u16, mes
     }
 }
 
+/// Largest chunk of a request body read from the tunnel before it is handed to the backend.
+/// With the one-chunk channel between the two, the host holds at most about two chunks
+/// (128 KiB) of a request body at a time, whatever `body_len` says.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// How reading the request body from the tunnel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pumped {
+    /// All `body_len` bytes came (forwarded, or drained once the backend dropped the body).
+    Complete,
+    /// The stream ended or failed first.
+    Short,
+}
+
+/// Reads `len` body bytes from the tunnel in chunks of at most [`BODY_CHUNK`] and hands each to
+/// the backend's body through `tx` (capacity 1: the backend's reading paces the tunnel, and the
+/// yamux window paces the server). If the backend drops the body, the rest is read and
+/// discarded, so a short body is still noticed. Returning drops `tx`: a body not complete by
+/// then ends with an error ([`RequestBody::into_stream`] checks the length), so the backend
+/// never sees a short body as complete.
+async fn pump_body<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    len: u64,
+) -> Pumped {
+    let mut remaining = len;
+    let mut forwarding = true;
+    while remaining > 0 {
+        let want = remaining.min(BODY_CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return Pumped::Short,
+            Ok(n) => n,
+        };
+        remaining -= n as u64;
+        buf.truncate(n);
+        if forwarding && tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            forwarding = false;
+        }
+    }
+    Pumped::Complete
+}
+
 /// Serves one HTTP stream whose stream header (type 1, `meta`) has been read. Returns `false`
 /// when the reply could not be completed (the response body failed midway or the stream
 /// broke); the caller should then reset the stream rather than let it end with `FIN`.
+///
+/// The path becomes a [`LocalPath`] here, once, before anything else (400 `invalid request
+/// path`). The body streams to the backend as it consumes it; a body shorter than `body_len`
+/// answers 502 `failed to read request body` and aborts what the backend was sent.
 pub async fn serve_http_stream<S>(stream: &mut S, meta: &[u8], backend: Arc<dyn Backend>) -> bool
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let meta: HttpStreamMeta = match serde_json::from_slice(meta) {
         Ok(m) => m,
@@ -126,38 +158,84 @@ where
             return true;
         }
     };
-    let body_len = u64::try_from(meta.body_len).unwrap_or(0);
-    let mut body = Vec::with_capacity(body_len.min(1 << 20) as usize);
-    match (&mut *stream).take(body_len).read_to_end(&mut body).await {
-        Ok(n) if n as u64 == body_len => {}
-        Ok(_) | Err(_) => {
-            write_error(stream, 502, "failed to read request body").await;
-            return true;
-        }
-    }
-    let Some(path) = validate_path(&meta.path) else {
+    let Ok(path) = LocalPath::parse(&meta.path) else {
         write_error(stream, 400, "invalid request path").await;
         return true;
+    };
+    let body_len = u64::try_from(meta.body_len).unwrap_or(0);
+    let (mut rd, mut wr) = tokio::io::split(&mut *stream);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
+    let weak_tx = tx.downgrade();
+    let tx = (body_len > 0).then_some(tx);
+    let body = if body_len == 0 {
+        RequestBody::empty()
+    } else {
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        RequestBody::from_stream(body_len, chunks.boxed())
     };
     let request = HttpRequest {
         method: meta.method,
         path,
         headers: meta.headers.into_iter().collect(),
-        body: Bytes::from(body),
+        body,
     };
-    tracing::debug!(method = %request.method, path = %request.path, "tunnel HTTP request");
-    let response = match backend.handle_http(request).await {
+    tracing::debug!(method = %request.method, path = %request.path, body_len, "tunnel HTTP request");
+    let mut pumped = (body_len == 0).then_some(Pumped::Complete);
+    let pump = async {
+        match tx {
+            Some(tx) => pump_body(&mut rd, tx, body_len).await,
+            None => Pumped::Complete,
+        }
+    };
+    let mut pump = std::pin::pin!(pump);
+    let mut handle = std::pin::pin!(backend.handle_http(request));
+    let result = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            p = &mut pump, if pumped.is_none() => pumped = Some(p),
+        }
+    };
+    // The backend has answered. If it dropped the body, finish reading it (the pump drains
+    // what is left) to know whether it was complete; if it still holds it (it answered before
+    // reading it all), keep feeding it while the response is written.
+    if pumped.is_none() && weak_tx.upgrade().is_none_or(|tx| tx.is_closed()) {
+        pumped = Some(pump.as_mut().await);
+    }
+    if pumped == Some(Pumped::Short) {
+        drop(result);
+        write_error(&mut wr, 502, "failed to read request body").await;
+        return true;
+    }
+    let response = match result {
         Ok(r) => r,
         Err(e) => {
             let message = match &e {
                 BackendError::Internal(m) => format!("local service error: {m}"),
                 other => format!("local service error: {other}"),
             };
-            write_error(stream, 502, &message).await;
+            write_error(&mut wr, 502, &message).await;
             return true;
         }
     };
-    write_response(stream, response).await
+    if pumped.is_some() {
+        return write_response(&mut wr, response).await;
+    }
+    let mut write = std::pin::pin!(write_response(&mut wr, response));
+    loop {
+        tokio::select! {
+            ok = &mut write => return ok,
+            // A body that turns out short after the header went out: the reply cannot become
+            // a 502 any more, so the stream is reset.
+            p = &mut pump, if pumped.is_none() => {
+                pumped = Some(p);
+                if p == Pumped::Short {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Writes a response header and streams the body, one flush per chunk, then `FIN`. Returns
@@ -231,22 +309,6 @@ mod tests {
         assert_eq!(h["Set-Cookie"], "a=1");
         assert_eq!(h["Content-Type"], "text/html");
         assert_eq!(h.len(), 2);
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(validate_path("/a?b=c").as_deref(), Some("/a?b=c"));
-        assert_eq!(validate_path("x/y").as_deref(), Some("/x/y"));
-        assert_eq!(validate_path("").as_deref(), Some("/"));
-        assert_eq!(validate_path("//evil/x"), None);
-        assert_eq!(validate_path("/\\evil/x"), None);
-        assert_eq!(validate_path("/a\nb"), None);
-        assert_eq!(validate_path("/a b"), None);
-        // A scheme-looking path is just a path once it starts with `/`.
-        assert_eq!(
-            validate_path("http://evil/x").as_deref(),
-            Some("/http://evil/x")
-        );
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! until the cancellation token fires; then it closes the WebSocket with code 1000.
 
 pub mod http;
-pub mod proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +35,6 @@ use crate::secret::Secret;
 /// The reconnect schedule (spec §6.2) is the workspace's one [`Backoff`], owned by
 /// `agentserver_common::backoff`; re-exported here for the tunnel's configuration.
 pub use agentserver_common::backoff::{Backoff, BackoffPolicy};
-pub use proxy::{HttpProxy, HttpProxyBackend};
 
 /// Produces the agent-info JSON (spec §7.1) for each control stream.
 pub type InfoSource = Arc<dyn Fn() -> BoxFuture<'static, Vec<u8>> + Send + Sync>;

@@ -231,3 +231,141 @@ impl TunnelFixture {
             .expect("tunnel task panicked")
     }
 }
+
+/// A backend that only proxies HTTP streams to a local server, through the workspace's one
+/// forwarder (`agentserver_common::forward`, what the opencode backend ships): for the tunnel
+/// tests and the tunnel benchmark. Tasks fail: it runs none. (Moved here from the host's
+/// `tunnel::proxy`, which is gone.)
+#[derive(Clone, Debug)]
+pub struct HttpProxyBackend {
+    base: url::Url,
+    forwarder: agentserver_common::forward::Forwarder,
+}
+
+impl HttpProxyBackend {
+    /// A backend forwarding to `base_url` (e.g. `http://127.0.0.1:4096`).
+    pub fn new(base_url: impl AsRef<str>) -> Self {
+        Self {
+            base: url::Url::parse(base_url.as_ref()).expect("a valid local URL"),
+            forwarder: agentserver_common::forward::Forwarder::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for HttpProxyBackend {
+    fn info(&self) -> agentserver_plugin_api::BackendInfo {
+        agentserver_plugin_api::BackendInfo {
+            name: "http-proxy".into(),
+            version: "0".into(),
+            session_type: agentserver_plugin_api::SessionType::Custom,
+        }
+    }
+
+    async fn execute(
+        &self,
+        _task: agentserver_plugin_api::Task,
+        _events: agentserver_plugin_api::EventSink,
+        _cancel: CancellationToken,
+    ) -> agentserver_plugin_api::TaskOutcome {
+        agentserver_plugin_api::TaskOutcome::failed(
+            agentserver_plugin_api::FailureKind::System,
+            "the http-proxy backend runs no tasks",
+        )
+    }
+
+    async fn handle_http(
+        &self,
+        request: agentserver_plugin_api::HttpRequest,
+    ) -> Result<agentserver_plugin_api::HttpResponse, agentserver_plugin_api::BackendError> {
+        Ok(self
+            .forwarder
+            .forward(&self.base, request)
+            .await
+            .unwrap_or_else(|e| e.into_reply()))
+    }
+}
+
+/// One request as a raw TCP server read it (see [`start_raw_server`]).
+#[derive(Debug)]
+pub struct RawRequest {
+    /// The request head, lower-cased, up to and including the blank line.
+    pub head: String,
+    /// The body bytes that came.
+    pub body: Vec<u8>,
+    /// True when the connection ended before `Content-Length` body bytes came.
+    pub cut_short: bool,
+}
+
+impl RawRequest {
+    /// The value of header `name` (lower-case) in the head.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+}
+
+/// A local server that reads each request byte for byte, with no HTTP library in between: the
+/// head, then `Content-Length` body bytes or until the connection ends. A complete request is
+/// answered `200 ok` (`Connection: close`); every request read is sent on the channel.
+pub async fn start_raw_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<RawRequest>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = vec![0u8; 64 * 1024];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match sock.read(&mut tmp).await {
+                        Ok(0) | Err(_) => {
+                            // Closed inside the head: recorded as a cut-short request.
+                            let _ = tx.send(RawRequest {
+                                head: String::from_utf8_lossy(&buf).to_ascii_lowercase(),
+                                body: Vec::new(),
+                                cut_short: true,
+                            });
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                };
+                let mut request = RawRequest {
+                    head: String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase(),
+                    body: buf[head_end..].to_vec(),
+                    cut_short: false,
+                };
+                let len: usize = request
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while request.body.len() < len {
+                    match sock.read(&mut tmp).await {
+                        Ok(0) | Err(_) => {
+                            request.cut_short = true;
+                            break;
+                        }
+                        Ok(n) => request.body.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                if !request.cut_short {
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+                let _ = tx.send(request);
+            });
+        }
+    });
+    (url, rx)
+}

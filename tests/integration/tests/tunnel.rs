@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agentserver::tunnel::{BackoffPolicy, HttpProxyBackend, TunnelEvent};
+use agentserver::tunnel::{BackoffPolicy, TunnelEvent};
 use agentserver_integration::tunnel_support::{
-    TunnelFixture, fixed_info, is_pattern, pattern, start_local_server,
+    HttpProxyBackend, TunnelFixture, fixed_info, is_pattern, pattern, start_local_server,
 };
 use agentserver_mock::MockConfig;
 use agentserver_mock::tunnel::TunnelClientError;
@@ -734,5 +734,91 @@ async fn garbage_from_the_server_never_panics_and_the_host_reconnects() {
 
     assert!(!fx.task.is_finished(), "tunnel task must keep running");
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic happened");
+    fx.stop().await.unwrap();
+}
+
+/// Issue 17: request bodies stream from the tunnel to the backend through the forwarder that
+/// ships, with an exact `Content-Length` (never chunked); a body shorter than `body_len` is
+/// aborted at the backend (which never sees a complete request) and answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_with_their_exact_length_and_short_ones_are_aborted() {
+    let (local, mut seen) = agentserver_integration::tunnel_support::start_raw_server().await;
+    let fx = TunnelFixture::start(
+        mock_config(),
+        Arc::new(HttpProxyBackend::new(local)),
+        fixed_info(INFO),
+        |_| {},
+    )
+    .await;
+    let state = fx.mock.state();
+    let id = fx.sandbox.id.clone();
+
+    // Larger than the yamux window and many body chunks: streamed, length announced.
+    let body = pattern(0, 3 * 1024 * 1024 + 5);
+    let r = timeout(
+        T,
+        state.tunnel.open_http(
+            &id,
+            "POST",
+            "/upload",
+            vec![("Transfer-Encoding".into(), "chunked".into())],
+            body.clone(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.read_body().await.unwrap(), b"ok");
+    let req = timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert!(
+        req.head.starts_with("post /upload http/1.1\r\n"),
+        "{}",
+        req.head
+    );
+    assert_eq!(req.header("content-length"), Some("3145733"));
+    assert_eq!(req.header("transfer-encoding"), None, "{}", req.head);
+    assert!(!req.cut_short);
+    assert!(req.body == body, "body corrupted");
+
+    // Short: 3 of 10 bytes, then FIN.
+    let mut s = state.tunnel.open_raw_stream(&id).await.unwrap();
+    let meta = br#"{"method":"POST","path":"/short","headers":{},"body_len":10}"#;
+    agentserver_mux::write_header(&mut s, StreamType::Http, meta)
+        .await
+        .unwrap();
+    s.write_all(b"abc").await.unwrap();
+    // Let the first bytes reach the backend before the stream ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.shutdown().await.unwrap();
+    let (_, head) = timeout(T, agentserver_mux::read_header(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&head).unwrap();
+    assert_eq!(head["status"], 502);
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"failed to read request body");
+    let req = timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(req.header("content-length"), Some("10"));
+    assert_eq!(req.header("transfer-encoding"), None);
+    assert!(req.cut_short, "the backend saw a complete request");
+    assert_eq!(req.body, b"abc");
+
+    // A bad path never reaches the backend: nothing is built, nothing is sent.
+    let r = state
+        .tunnel
+        .open_http(&id, "GET", "//evil.example/x", vec![], vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.read_body().await.unwrap(), b"invalid request path");
+    assert!(
+        timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "a request was sent for an invalid path"
+    );
     fx.stop().await.unwrap();
 }

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentserver::secret::Secret;
-use agentserver::tunnel::{HttpProxyBackend, Tunnel, TunnelConfig};
-use agentserver_integration::tunnel_support::{fixed_info, pattern, start_local_server};
+use agentserver::tunnel::{Tunnel, TunnelConfig};
+use agentserver_integration::tunnel_support::{
+    HttpProxyBackend, fixed_info, pattern, start_local_server,
+};
 use agentserver_mock::{MockConfig, MockServer};
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
