@@ -1,7 +1,7 @@
 //! The intake against the mock's CCR v2 bridge: epochs, interrupts, replay, batching,
 //! servers without the bridge, concurrency and polling.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

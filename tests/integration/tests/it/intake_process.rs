@@ -1,7 +1,7 @@
 //! The intake as a real process (`intake-host`: the library's intake, signal handling and the
 //! test backend): crash recovery through the outbox and signal-driven shutdown.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! be answered, one malformed item in a poll batch, a status refused as too large, tasks
 //! received but never started when the host died, and task ids that would rewrite URLs.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! (the task is gone), 400/422 move it to `rejected/` for inspection, and an entry replayed
 //! after a restart is not sent again when the server already holds a final status.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::time::Duration;
 

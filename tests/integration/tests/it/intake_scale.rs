@@ -2,7 +2,7 @@
 //! all its events, in order, in the mock's bridge log, while the mock drops the host's tunnel
 //! WebSocket, answers 503 for 10 s and restarts once.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! The CLI comes from `.npm-clis` (`bash scripts/install-test-deps.sh`, run by `.ci/run`); when
 //! it is missing these tests fail with that instruction.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! The binary comes from `.npm-clis` (`bash scripts/install-test-deps.sh`, run by `.ci/run`);
 //! when it is missing these tests fail with that instruction.
 
-mod intake_support;
+use crate::intake_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! Helpers shared by the opencode backend's integration tests: the real `opencode` binary, an
 //! isolated HOME with the pre-seeded config of `real-clis.md`, the fake LLM as the provider.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! to start and holds about 600 MB, so each test starts one server and does several things
 //! with it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

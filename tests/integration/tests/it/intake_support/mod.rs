@@ -1,6 +1,5 @@
 //! Shared setup for the intake tests: a mock with one sandbox, fast intake timings, and
 //! assertions on what the mock recorded.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
