@@ -29,7 +29,7 @@ else
     "$NPM_CLIS_DIR/node_modules/.bin/claude" --version
 fi
 
-# The official Python MCP SDK: the real MCP client host/tests/mcp.rs drives `mcp-server` with.
+# The official Python MCP SDK: the real MCP client host/tests/it/mcp.rs drives `mcp-server` with.
 MCP_PY_VERSION=2.3.0
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" = "$MCP_PY_VERSION" ]; then
     echo "python mcp $MCP_PY_VERSION already installed"

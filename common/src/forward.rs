@@ -97,10 +97,11 @@ pub fn target_url(base: &Url, path: &LocalPath) -> Option<Url> {
 }
 
 /// Why a request could not be forwarded.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// Nothing reached the local server (connection refused): safe to retry. `request` is the
     /// request given back when its body can still be sent (in memory, or a stream not yet read).
+    #[error("cannot reach the local service: {message}")]
     Connect {
         /// What failed.
         message: String,
@@ -110,6 +111,7 @@ pub enum ForwardError {
     /// The exchange failed after the request may have been sent (a reset pooled connection of
     /// a server that just died, a request body that failed or ended short): only idempotent
     /// requests may be retried, and only when `request` came back.
+    #[error("the local service failed after the request may have been sent: {message}")]
     Lost {
         /// What failed.
         message: String,
@@ -118,6 +120,7 @@ pub enum ForwardError {
     },
     /// Any other failure, already turned into the reply to send (400 `invalid request path`,
     /// 502 `failed to create request`).
+    #[error("the request cannot be forwarded (answered {})", .0.status)]
     Reply(HttpResponse),
 }
 

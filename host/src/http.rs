@@ -72,6 +72,17 @@ pub async fn send_and_read_capped(
     Ok((status, read_body(response, cap).await?))
 }
 
+/// Like [`send_and_read`] but never resent: for a request whose repetition must be decided
+/// by its caller (a final status report: the reporter asks the server before sending it
+/// again). A reset after the request was written may mean the server applied it.
+pub async fn send_and_read_once(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, Bytes), HttpError> {
+    let response = request.send().await.map_err(HttpError::Transport)?;
+    let status = response.status();
+    Ok((status, read_body(response, DEFAULT_BODY_CAP).await?))
+}
+
 /// [`send_and_read_capped`] with [`DEFAULT_BODY_CAP`].
 pub async fn send_and_read(
     request: reqwest::RequestBuilder,
@@ -237,6 +248,20 @@ mod tests {
         assert_eq!(path_segment("/tmp/pwn"), "%2Ftmp%2Fpwn");
         assert_eq!(path_segment("a b?c#d"), "a%20b%3Fc%23d");
         assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_once_is_never_resent() {
+        let (url, connections) = server_closing_kept_alive_connections().await;
+        let http = reqwest::Client::new();
+        send_and_read(http.get(&url)).await.unwrap();
+        // A status report on the connection the server resets: the failure comes back to the
+        // caller (who asks the server before sending it again), nothing is resent here.
+        let err = send_and_read_once(http.put(&url).body("final status"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Transport(_)), "{err}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

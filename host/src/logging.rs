@@ -34,7 +34,11 @@ pub fn notice(message: &str) {
     if json_logs() {
         tracing::info!(target: "agentserver", "{message}");
     } else {
-        eprintln!("{message}");
+        // Not through the log writer: scrubbed here.
+        match crate::secret::redact(message) {
+            Some(clean) => eprintln!("{clean}"),
+            None => eprintln!("{message}"),
+        }
     }
 }
 

@@ -27,7 +27,15 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("Error: {}", error_chain(&err));
+            // Not through the log writer: scrub it here (an error may quote a URL or a
+            // server's answer), and keep stderr JSON-only when the logs are JSON.
+            let text = error_chain(&err);
+            let text = agentserver::secret::redact(&text).unwrap_or(text);
+            if agentserver::logging::json_logs() {
+                tracing::error!("{text}");
+            } else {
+                eprintln!("Error: {text}");
+            }
             ExitCode::FAILURE
         }
     };

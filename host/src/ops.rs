@@ -153,6 +153,8 @@ impl StatusSocket {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut conn, _)) = listener.accept().await else {
+                    // Out of file descriptors or similar: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
                 let status = status.clone();

@@ -391,7 +391,9 @@ impl TaskClient {
             .bearer_auth(self.proxy_token.expose())
             .json(body)
             .timeout(self.timeouts.status);
-        let (status, text) = crate::http::send_and_read(request)
+        // Never resent here: after a reset the server may hold the status, and the reporter
+        // asks it before sending again.
+        let (status, text) = crate::http::send_and_read_once(request)
             .await
             .map_err(ClientError::Transport)?;
         if status.is_success() {

@@ -460,29 +460,35 @@ impl Intake {
     }
 
     /// Takes the outbox's owner lock. An intake that only flushes (drained before it runs)
-    /// gives up when another host holds it; a serving intake waits (the holder is a flush by
-    /// another host, bounded by its report timeout), saying so when it has to.
+    /// gives up when another host holds it; a serving intake waits for it (usually a flush by
+    /// another host, which ends within its report timeout; possibly another process serving
+    /// the same sandbox, which is said every 30 s), until it gets it or is drained.
     async fn claim_outbox(&self) -> Result<Option<crate::fsutil::LockFile>, IntakeError> {
-        let outbox = self.shared.outbox.clone();
+        const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+        const SAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
+        let outbox = &self.shared.outbox;
         if let Some(lock) = outbox.claim()? {
             return Ok(Some(lock));
         }
         if self.handle.is_draining() {
             return Ok(None);
         }
-        tracing::info!(sandbox_id = %self.shared.config.sandbox_id, "another host is delivering this sandbox's earlier statuses; waiting for it to finish");
-        let path = outbox.dir().join(".owner.lock");
-        let lock = tokio::task::spawn_blocking(move || crate::fsutil::LockFile::acquire(&path))
-            .await
-            .map_err(|e| IntakeError::Config(format!("outbox lock task failed: {e}")))?
-            .map_err(|source| {
-                IntakeError::Outbox(outbox::OutboxError::Io {
-                    op: "lock",
-                    path: self.shared.outbox.dir().join(".owner.lock"),
-                    source,
-                })
-            })?;
-        Ok(Some(lock))
+        let sandbox_id = &self.shared.config.sandbox_id;
+        tracing::info!(%sandbox_id, "another host is delivering this sandbox's statuses; waiting for it to finish");
+        let mut said = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.handle.drain.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+            if let Some(lock) = outbox.claim()? {
+                return Ok(Some(lock));
+            }
+            if said.elapsed() >= SAY_AGAIN {
+                said = Instant::now();
+                tracing::warn!(%sandbox_id, lock = %outbox.dir().join(".owner.lock").display(), "still waiting for another process to release this sandbox's outbox (is another agentserver serving the same sandbox?)");
+            }
+        }
     }
 
     /// Runs until drained: replays the outbox, polls, runs tasks, and after
@@ -492,11 +498,12 @@ impl Intake {
         let shared = self.shared.clone();
         let mut summary = IntakeSummary::default();
         // One deliverer per sandbox outbox across every host sharing this state directory.
-        let Some(_owner) = self.claim_outbox().await? else {
+        let Some(owner) = self.claim_outbox().await? else {
             tracing::info!(sandbox_id = %shared.config.sandbox_id, "another live host is delivering this sandbox's statuses; leaving them to it");
             self.reporter_stop.cancel();
             return Ok(summary);
         };
+        shared.reporter.hold_owner_lock(owner);
         let pending = shared.outbox.pending()?;
         summary.replayed = pending.len();
         if !pending.is_empty() {

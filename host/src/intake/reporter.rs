@@ -31,6 +31,10 @@ struct Inner {
     in_flight: Mutex<HashSet<String>>,
     pending: AtomicUsize,
     idle: Notify,
+    /// The outbox's owner lock ([`Outbox::claim`]), held for as long as anything of this
+    /// reporter lives: a delivery still running after its intake returned keeps it, so another
+    /// host cannot replay an entry whose last attempt is still on its way.
+    owner: Mutex<Option<crate::fsutil::LockFile>>,
 }
 
 /// The delivery side of the outbox. Cloning shares it.
@@ -65,6 +69,7 @@ impl Reporter {
                 in_flight: Mutex::new(HashSet::new()),
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
+                owner: Mutex::new(None),
             }),
         }
     }
@@ -97,6 +102,12 @@ impl Reporter {
                 inner.idle.notify_waiters();
             }
         });
+    }
+
+    /// Keeps the outbox's owner lock until the reporter and every delivery it started are
+    /// gone.
+    pub(crate) fn hold_owner_lock(&self, lock: crate::fsutil::LockFile) {
+        *self.inner.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock);
     }
 
     /// Entries being delivered right now.
@@ -210,9 +221,13 @@ async fn deliver_loop(inner: &Inner, mut entry: OutboxEntry, mut verify_first: b
     let mut shortened = 0usize;
     let mut full_body: Option<StatusBody> = None;
     loop {
-        let attempt = tokio::select! {
-            _ = inner.stop.cancelled() => return,
-            r = async {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        // An attempt, once begun, is not cut short by the stop: a request dropped half-way
+        // may still be applied by the server after another host took over the outbox.
+        let attempt = {
+            let r = async {
                 if verify_first {
                     match check_final(inner, &entry.task_id).await {
                         Check::Final => return Attempt::Delivered,
@@ -224,7 +239,8 @@ async fn deliver_loop(inner: &Inner, mut entry: OutboxEntry, mut verify_first: b
                     Ok(()) => Attempt::Delivered,
                     Err(err) => Attempt::Put(err),
                 }
-            } => r,
+            };
+            r.await
         };
         let attempt = match attempt {
             Attempt::Delivered => Ok(()),
@@ -292,6 +308,11 @@ async fn deliver_loop(inner: &Inner, mut entry: OutboxEntry, mut verify_first: b
                 body,
             }) => {
                 reject(inner, &entry, status, &body);
+                return;
+            }
+            Err(ClientError::InvalidTaskId(reason)) => {
+                // No URL can carry it (an old entry, or an id recovered from a file name).
+                reject(inner, &entry, 0, &reason);
                 return;
             }
             Err(err) => {

@@ -69,8 +69,8 @@ impl SignalWatcher {
                         signal = name,
                         "shutting down: no new tasks; running tasks get their grace period (signal again to cancel them now)"
                     );
-                    eprintln!(
-                        "Shutting down: waiting for running tasks (press Ctrl-C again to cancel them now)."
+                    crate::logging::notice(
+                        "Shutting down: waiting for running tasks (press Ctrl-C again to cancel them now).",
                     );
                     self.handle.drain();
                 }
@@ -79,7 +79,9 @@ impl SignalWatcher {
                         signal = name,
                         "cancelling running tasks now (signal again to exit immediately)"
                     );
-                    eprintln!("Cancelling running tasks (press Ctrl-C again to exit immediately).");
+                    crate::logging::notice(
+                        "Cancelling running tasks (press Ctrl-C again to exit immediately).",
+                    );
                     self.handle.cancel_all();
                 }
                 _ => {

@@ -240,7 +240,8 @@ pub fn serve(library: &Path) -> u8 {
     // SAFETY: plain fd calls on the process's own descriptors.
     let out_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
     if out_fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-        eprintln!("plugin-host: cannot set up the protocol pipe");
+        // Logged to this child's stderr, which is inherited from the host.
+        tracing::error!("plugin-host: cannot set up the protocol pipe");
         return 70;
     }
     // SAFETY: `out_fd` is a fresh descriptor owned by nobody else.
@@ -297,7 +298,7 @@ pub fn serve(library: &Path) -> u8 {
     // SAFETY: `host` and its `ctx` (leaked) outlive the call.
     let json = unsafe { lib.execute_with(&task, &host) };
     if let Err(e) = state.send(&FromChild::Outcome { json }) {
-        eprintln!("plugin-host: cannot send the outcome: {e}");
+        tracing::error!("plugin-host: cannot send the outcome: {e}");
         return 1;
     }
     0

@@ -267,14 +267,16 @@ impl Tunnel {
         Ok(())
     }
 
-    /// Removes the token from a message, in case a library echoed the URL.
+    /// Removes the token (and every other registered secret, in any form it is registered
+    /// in) from a message, in case a library echoed the URL.
     fn sanitize(&self, message: &str) -> String {
         let token = self.config.tunnel_token.expose();
-        if token.is_empty() {
+        let message = if token.is_empty() {
             message.to_string()
         } else {
             message.replace(token, "***")
-        }
+        };
+        crate::secret::redact(&message).unwrap_or(message)
     }
 
     async fn dial(

@@ -393,3 +393,35 @@ async fn a_flush_never_sends_what_a_live_host_is_delivering() {
     assert_one_final(&state.task(&id).unwrap(), "completed");
     live.stop().await;
 }
+
+#[tokio::test]
+async fn a_serving_intake_waits_for_the_outbox_owner_and_can_be_drained_meanwhile() {
+    let env = Env::start(false).await;
+    let state = env.state();
+    let outbox = Outbox::open(&env.home.path().join("outbox"), &env.sandbox.id).unwrap();
+    // Another process (a flush by another host) holds the outbox.
+    let held = outbox.claim().unwrap().expect("the lock is free at first");
+    let id = state.create_task(&env.sandbox.id, "succeed:after-the-lock");
+    let running = start_intake(env.config(), TestBackend::new());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        state.requests_to("GET", "/api/agent/tasks/poll").is_empty(),
+        "it polled without owning the outbox"
+    );
+    // The holder lets go: the intake takes over and serves.
+    drop(held);
+    assert_one_final(&wait_final(&state, &id, T).await, "completed");
+    running.stop().await;
+
+    // Held again by someone else: a drain ends the wait at once.
+    let _held = outbox
+        .claim()
+        .unwrap()
+        .expect("free after the intake stopped");
+    let running = start_intake(env.config(), TestBackend::new());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let summary = tokio::time::timeout(Duration::from_secs(5), running.stop())
+        .await
+        .expect("the drain did not end the wait for the lock");
+    assert_eq!(summary.tasks_received, 0);
+}
