@@ -101,6 +101,13 @@ impl Worker {
             })?;
 
         let cache = Arc::new(CapabilityCache::new(Prober::new()));
+        // Probe now, while the tunnel connects: the first agent info then finds the
+        // capabilities probed (or shares the probe already under way) instead of starting it.
+        let warm = Arc::clone(&cache);
+        tokio::spawn(async move {
+            let report = warm.capabilities().await;
+            tracing::debug!(elapsed = ?report.elapsed, "capabilities probed at start");
+        });
         let info = agent_info_source(cache, backend.clone(), &options.workdir);
         let mut tunnel_config = TunnelConfig::new(
             session.server_url.clone(),
