@@ -299,10 +299,11 @@ fn uninstall(target: &ServiceTarget) -> Result<ExitCode> {
     }
     std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
     println!("removed {}", file.display());
-    if !target.no_enable && kind == ServiceKind::Systemd {
-        if let Tool::Failed(err) = systemctl(target.system, &["daemon-reload"]) {
-            println!("{err}");
-        }
+    if !target.no_enable
+        && kind == ServiceKind::Systemd
+        && let Tool::Failed(err) = systemctl(target.system, &["daemon-reload"])
+    {
+        println!("{err}");
     }
     Ok(code)
 }
