@@ -175,6 +175,9 @@ pub enum Command {
     DevServer(DevServerArgs),
     /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
     Demo(DemoArgs),
+    /// Install, remove or inspect a systemd (or launchd on macOS) service that runs
+    /// `agentserver run` with drain-aware stop settings.
+    Service(ServiceArgs),
     /// Internal: host one native plugin library for an out-of-process plugin (started by the
     /// host itself; speaks a framed protocol on stdin/stdout).
     #[command(hide = true)]
@@ -445,6 +448,73 @@ pub struct InfoArgs {
     /// Print the agent-info JSON exactly as the tunnel sends it (plus probe timings).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `service` options.
+#[derive(Debug, Args, Clone)]
+pub struct ServiceArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+/// Options shared by every `service` subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct ServiceTarget {
+    /// A system service (/etc/systemd/system, or /Library/LaunchDaemons on macOS; needs root)
+    /// instead of the user's own (~/.config/systemd/user, ~/Library/LaunchAgents).
+    #[arg(long)]
+    pub system: bool,
+    /// A launchd property list instead of a systemd unit (the default on macOS only).
+    #[arg(long)]
+    pub launchd: bool,
+    /// Directory of the unit file instead of the standard one (for tests and packaging).
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// Only write or remove the file: do not call systemctl/launchctl.
+    #[arg(long)]
+    pub no_enable: bool,
+}
+
+/// `service` subcommands.
+#[derive(Debug, Subcommand, Clone)]
+pub enum ServiceAction {
+    /// Write the service file, then reload the manager and enable and start the service.
+    ///
+    /// The service runs `agentserver run RUN_ARGS...` (default `--backend claudecode`) in
+    /// --work-dir; its stop timeout is derived from the `--grace-period` and `--poll-timeout`
+    /// among RUN_ARGS. Example: `agentserver service install -- --backend opencode --continue`.
+    Install {
+        #[command(flatten)]
+        /// Where and how.
+        target: ServiceTarget,
+        /// Directory tasks run in (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// For --system: the user the service runs as (default: $SUDO_USER, else $USER).
+        #[arg(long, value_name = "USER")]
+        run_as: Option<String>,
+        /// Replace an existing service file.
+        #[arg(long)]
+        force: bool,
+        /// Arguments for `agentserver run` (after `--`).
+        #[arg(last = true, value_name = "RUN_ARGS")]
+        run_args: Vec<String>,
+    },
+    /// Stop and disable the service, then remove its file.
+    Uninstall {
+        #[command(flatten)]
+        /// Where and how.
+        target: ServiceTarget,
+    },
+    /// Show whether the service file exists, whether the service is enabled and active, and
+    /// (for a user unit) whether lingering keeps it running without a login. Exits 1 when the
+    /// file does not exist.
+    Status {
+        #[command(flatten)]
+        /// Where and how.
+        target: ServiceTarget,
+    },
 }
 
 /// `plugins` options.

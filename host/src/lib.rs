@@ -17,6 +17,7 @@ pub mod paths;
 pub mod plugins;
 pub mod probe;
 pub mod rfc3339;
+pub mod service;
 /// [`Secret`](secret::Secret) and the redaction registry; kept at this path as a re-export of
 /// `agentserver_common::secret`, their one owner, so that callers did not churn.
 pub use agentserver_common::secret;

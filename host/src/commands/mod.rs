@@ -7,6 +7,7 @@ mod list;
 mod login;
 mod remove;
 mod run;
+mod service;
 mod status;
 mod task_worker;
 
@@ -24,7 +25,7 @@ pub mod plugins;
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     if !matches!(
         cli.command,
-        Some(Command::Version | Command::DevServer(_) | Command::Demo(_))
+        Some(Command::Version | Command::DevServer(_) | Command::Demo(_) | Command::Service(_))
     ) {
         // Loose modes on what the host keeps private are put back, with a warning (as ssh).
         agentserver::fsutil::tighten_state_dir(&agentserver::paths::state_dir());
@@ -55,6 +56,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plugins(args)) => plugins::plugins(args),
         Some(Command::DevServer(args)) => dev_server::run(args).await,
         Some(Command::Demo(args)) => demo::demo(args).await,
+        Some(Command::Service(args)) => service::service(args),
         Some(Command::PluginHost { library }) => Ok(ExitCode::from(
             agentserver::plugins::process::serve(&library),
         )),

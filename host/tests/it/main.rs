@@ -36,6 +36,7 @@ mod probe_tools;
 mod run_command;
 mod run_no_token_in_logs;
 mod run_opencode;
+mod service;
 mod state_commands;
 mod state_hostile_files;
 mod state_registry_concurrency;
