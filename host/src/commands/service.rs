@@ -155,6 +155,17 @@ fn install(
     } else {
         run_args
     };
+    // A secret on the command line would be written into a unit file others can read.
+    if run_args
+        .iter()
+        .any(|a| a == "--opencode-token" || a.starts_with("--opencode-token="))
+    {
+        bail!(
+            "--opencode-token would be written into the service file in clear; give the \
+             service the password through OPENCODE_SERVER_PASSWORD instead (systemd: an \
+             `EnvironmentFile=` readable only by you, added with `systemctl edit agentserver`)"
+        );
+    }
     // The same parser as the service's own start: a typo fails now, not in the journal.
     let mut argv = vec!["agentserver".to_owned(), "run".to_owned()];
     argv.extend(run_args.iter().cloned());

@@ -200,3 +200,29 @@ fn install_refuses_invalid_run_arguments() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"));
     assert!(!units.join("agentserver.service").exists());
 }
+
+#[test]
+fn install_refuses_to_write_a_password_into_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    let out = agentserver(
+        &[
+            "service",
+            "install",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--no-enable",
+            "--",
+            "--backend",
+            "opencode",
+            "--opencode-token",
+            "s3cret-password-value",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("OPENCODE_SERVER_PASSWORD"), "{stderr}");
+    assert!(!stderr.contains("s3cret-password-value"), "{stderr}");
+    assert!(!units.join("agentserver.service").exists());
+}
