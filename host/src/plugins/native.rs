@@ -495,15 +495,26 @@ impl Backend for NativeBackend {
                 ))
             }
         };
-        if deadline_hit && outcome.status != TaskStatus::Completed {
-            return TaskOutcome::failed(
-                FailureKind::System,
-                format!(
-                    "the native plugin ran past its deadline of {} ms and was stopped",
-                    self.timeout.as_millis()
-                ),
-            );
-        }
-        outcome
+        outcome_after_stop(outcome, deadline_hit, self.timeout)
     }
+}
+
+/// What a native plugin's task ends with once it was told to stop: a passed deadline turns any
+/// outcome but `completed` into a failed, system one (shared by the in-process and the
+/// out-of-process modes).
+pub(super) fn outcome_after_stop(
+    outcome: TaskOutcome,
+    deadline_hit: bool,
+    timeout: std::time::Duration,
+) -> TaskOutcome {
+    if deadline_hit && outcome.status != TaskStatus::Completed {
+        return TaskOutcome::failed(
+            FailureKind::System,
+            format!(
+                "the native plugin ran past its deadline of {} ms and was stopped",
+                timeout.as_millis()
+            ),
+        );
+    }
+    outcome
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use agentserver_plugin_api::ffi::{AgentserverHost, PluginDescription};
 use agentserver_plugin_api::{
     Backend, BackendInfo, CancellationToken, EventSink, FailureKind, SessionType, Task, TaskEvent,
-    TaskOutcome, TaskStatus,
+    TaskOutcome,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -633,15 +633,6 @@ impl Backend for ProcessBackend {
                 ))
             }
         };
-        if deadline_hit && outcome.status != TaskStatus::Completed {
-            return TaskOutcome::failed(
-                FailureKind::System,
-                format!(
-                    "the native plugin ran past its deadline of {} ms and was stopped",
-                    self.timeout.as_millis()
-                ),
-            );
-        }
-        outcome
+        super::native::outcome_after_stop(outcome, deadline_hit, self.timeout)
     }
 }
