@@ -287,7 +287,19 @@ impl Terminal {
             .slave
             .spawn_command(cmd)
             .map_err(|e| start_err(&format!("start {}", program.display()), &e))?;
-        drop(pair.slave);
+        // Our copy of the slave is closed only once the process has exited, so the kernel
+        // never sees every slave closed while the last output is still on its way to the
+        // master (the reader would get EIO and lose it).
+        let slave = pair.slave;
+        match child.process_id() {
+            Some(pid) => {
+                std::thread::Builder::new()
+                    .name("claude-pty-exit".into())
+                    .spawn(move || close_slave_after_exit(slave, pid))
+                    .map_err(|e| start_err("exit watcher thread", &e))?;
+            }
+            None => drop(slave),
+        }
         let reader = pair
             .master
             .try_clone_reader()
@@ -343,6 +355,19 @@ fn reap(mut pty: Pty) {
         }
         let _ = pty.child.wait();
     }
+}
+
+/// Waits (without reaping: the child's owner reaps it) until process `pid` has exited, then
+/// drops the parent's copy of the PTY slave, which lets the reader see the end of output.
+fn close_slave_after_exit(slave: Box<dyn portable_pty::SlavePty + Send>, pid: u32) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // EINTR: wait again. Any other answer (exited, or ECHILD because it was already reaped)
+    // means the process is gone.
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+    drop(slave);
 }
 
 fn pty_writer(mut writer: Box<dyn Write + Send>, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
