@@ -13,11 +13,15 @@
 //!   headers, the final URL's origin check, streamed request bodies with an exact
 //!   `Content-Length`), shipped by the opencode backend and run by the tunnel tests.
 //!
+//! - [`grace`]: [`grace::call_with_grace`], the one "run a call, tell it to stop, give it a
+//!   grace period, then abandon it" rule (the task runner, native and WASM plugins).
+//!
 //! Of the workspace it depends only on `agentserver-plugin-api` (the HTTP types `forward`
 //! speaks), so the backends (which otherwise depend only on the plugin API) can use it.
 
 pub mod backoff;
 pub mod forward;
+pub mod grace;
 #[cfg(unix)]
 pub mod process;
 pub mod secret;

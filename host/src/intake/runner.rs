@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agentserver_common::grace::{Graceful, call_with_grace};
 use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -204,18 +205,17 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
     } else {
         let backend = shared.backend.clone();
         let exec_cancel = cancel.clone();
-        let mut exec = tokio::spawn(async move { backend.execute(task, sink, exec_cancel).await });
-        tokio::select! {
-            r = &mut exec => from_join(r),
-            _ = cancel.cancelled() => {
-                match tokio::time::timeout(shared.config.cancel_timeout, &mut exec).await {
-                    Ok(r) => from_join(r),
-                    Err(_) => {
-                        tracing::warn!(task = %task_id, timeout = ?shared.config.cancel_timeout, "backend did not stop after cancellation; abandoning it");
-                        exec.abort();
-                        ExecResult::Abandoned
-                    }
-                }
+        let exec = tokio::spawn(async move { backend.execute(task, sink, exec_cancel).await });
+        // The backend holds the same cancellation token: nothing more to tell it on a stop.
+        let grace = shared.config.cancel_timeout;
+        match call_with_grace(exec, cancel.cancelled(), |_| {}, grace).await {
+            Graceful::Finished(r)
+            | Graceful::Stopped {
+                result: Some(r), ..
+            } => from_join(r),
+            Graceful::Stopped { result: None, .. } => {
+                tracing::warn!(task = %task_id, timeout = ?grace, "backend did not stop after cancellation; abandoning it");
+                ExecResult::Abandoned
             }
         }
     };

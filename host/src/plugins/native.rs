@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use agentserver_common::grace::{Graceful, call_with_grace};
 use agentserver_plugin_api::ffi::{
     ABI_VERSION, AgentserverHost, AgentserverPluginEntryFn, AgentserverPluginVTable, ENTRY_SYMBOL,
     PluginDescription,
@@ -467,22 +468,28 @@ impl Backend for NativeBackend {
         });
         let lib = self.lib;
         let call_state = Arc::clone(&state);
-        let mut call =
-            tokio::task::spawn_blocking(move || call_execute(lib, &task_json, &call_state));
+        let call = tokio::task::spawn_blocking(move || call_execute(lib, &task_json, &call_state));
         let joined = |r: Result<TaskOutcome, tokio::task::JoinError>| {
             r.unwrap_or_else(|e| {
                 TaskOutcome::failed(FailureKind::System, format!("native call failed: {e}"))
             })
         };
-        let deadline_hit = tokio::select! {
-            result = &mut call => return joined(result),
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep(self.timeout) => true,
+        // The stop is either the user's cancellation or the deadline (`true`).
+        let stop = async {
+            tokio::select! {
+                () = cancel.cancelled() => false,
+                () = tokio::time::sleep(self.timeout) => true,
+            }
         };
-        state.cancelled.store(true, Ordering::Release);
-        let outcome = match tokio::time::timeout(self.grace, &mut call).await {
-            Ok(result) => joined(result),
-            Err(_) => {
+        let tell_stop = |_: &bool| state.cancelled.store(true, Ordering::Release);
+        let (deadline_hit, result) = match call_with_grace(call, stop, tell_stop, self.grace).await
+        {
+            Graceful::Finished(result) => return joined(result),
+            Graceful::Stopped { reason, result } => (reason, result),
+        };
+        let outcome = match result {
+            Some(result) => joined(result),
+            None => {
                 tracing::warn!(
                     plugin = %self.name,
                     grace_ms = self.grace.as_millis() as u64,
