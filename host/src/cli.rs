@@ -172,8 +172,10 @@ pub enum Command {
     /// List, inspect and install backend plugins.
     Plugins(PluginsArgs),
     /// Run a local mock agentserver (for plugin authors and tests).
+    #[cfg(feature = "dev-server")]
     DevServer(DevServerArgs),
     /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
+    #[cfg(feature = "dev-server")]
     Demo(DemoArgs),
     /// Install, remove or inspect a systemd (or launchd on macOS) service that runs
     /// `agentserver run` with drain-aware stop settings.
@@ -546,6 +548,7 @@ pub enum PluginsAction {
 }
 
 /// `dev-server` options.
+#[cfg(feature = "dev-server")]
 #[derive(Debug, Args, Clone)]
 pub struct DevServerArgs {
     /// Address to listen on (port 0 picks a free port).
@@ -578,6 +581,7 @@ pub struct DevServerArgs {
 }
 
 /// `demo` options.
+#[cfg(feature = "dev-server")]
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
     /// Backend to run the sample task with (default: `example-wasm`, the bundled example WASM
@@ -673,7 +677,9 @@ mod tests {
             "version",
             "info",
             "plugins",
+            #[cfg(feature = "dev-server")]
             "dev-server",
+            #[cfg(feature = "dev-server")]
             "demo",
         ];
         for name in expected {

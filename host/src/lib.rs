@@ -18,6 +18,8 @@ pub mod plugins;
 pub mod probe;
 pub mod rfc3339;
 pub mod service;
+pub mod session_choice;
+pub mod shutdown;
 /// [`Secret`](secret::Secret) and the redaction registry; kept at this path as a re-export of
 /// `agentserver_common::secret`, their one owner, so that callers did not churn.
 pub use agentserver_common::secret;

@@ -1,7 +1,9 @@
 //! One function per command. This is the binary's edge: errors become `anyhow` here.
 
 mod backends;
+#[cfg(feature = "dev-server")]
 mod demo;
+#[cfg(feature = "dev-server")]
 mod dev_server;
 mod list;
 mod login;
@@ -21,12 +23,27 @@ mod info;
 mod mcp_server;
 pub mod plugins;
 
+/// Tells the user a shutdown stage has started (the edge's half of
+/// [`agentserver::shutdown::follow_signals`]).
+fn say_shutdown_stage(stage: agentserver::shutdown::ShutdownStage) {
+    if let Some(text) = stage.notice() {
+        agentserver::logging::notice(text);
+    }
+}
+
+/// Commands that never read the private state directory (so its modes are left alone).
+fn touches_no_state(command: &Option<Command>) -> bool {
+    match command {
+        Some(Command::Version | Command::Service(_)) => true,
+        #[cfg(feature = "dev-server")]
+        Some(Command::DevServer(_) | Command::Demo(_)) => true,
+        _ => false,
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    if !matches!(
-        cli.command,
-        Some(Command::Version | Command::DevServer(_) | Command::Demo(_) | Command::Service(_))
-    ) {
+    if !touches_no_state(&cli.command) {
         // Loose modes on what the host keeps private are put back, with a warning (as ssh).
         agentserver::fsutil::tighten_state_dir(&agentserver::paths::state_dir());
     }
@@ -54,7 +71,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Info(args)) => info::info(args).await,
         Some(Command::Plugins(args)) => plugins::plugins(args),
+        #[cfg(feature = "dev-server")]
         Some(Command::DevServer(args)) => dev_server::run(args).await,
+        #[cfg(feature = "dev-server")]
         Some(Command::Demo(args)) => demo::demo(args).await,
         Some(Command::Service(args)) => service::service(args),
         Some(Command::PluginHost { library }) => Ok(ExitCode::from(

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use agentserver::auth::{AuthContext, TerminalLoginUi};
 use agentserver::dispatch::BackendKind;
-use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::logging::notice;
 use agentserver::metrics::{Metrics, SandboxInfo};
 use agentserver::ops::{MetricsServer, StatusSocket};
-use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session};
+use agentserver::session_choice::{SessionOrigin, SessionRequest, choose_session};
+use agentserver::shutdown::{FORCE_EXIT_CODE, ShutdownSignals, follow_signals};
+use agentserver::state::SessionStore;
 use agentserver::tunnel::TunnelEvent;
 use agentserver::worker::{Worker, WorkerOptions, drain_when_unused, spawn_leftover_flush};
 use anyhow::{Context, Result};
@@ -138,8 +139,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         session.sandbox_id.clone(),
     );
     let handle = worker.intake_handle();
-    let signals =
-        SignalWatcher::install(handle.clone()).context("cannot install signal handlers")?;
+    let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let status_printer = tokio::spawn(print_tunnel_events(worker.tunnel_events()));
     let unused = args
         .ops
@@ -153,7 +153,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let outcome = tokio::select! {
         summary = worker.run() => Some(summary),
-        _ = signals.run() => None,
+        () = follow_signals(signals, handle.clone(), super::say_shutdown_stage) => None,
     };
     status_printer.abort();
     leftovers.abort();

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::intake::{Intake, IntakeConfig};
+use agentserver::shutdown::{FORCE_EXIT_CODE, ShutdownSignals, follow_signals};
 use agentserver::state::registry::RegistryFile;
 use anyhow::{Context, Result, bail};
 
@@ -68,8 +68,8 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
     config.grace_period = args.intake.grace_period;
     config.timeouts = args.intake.timeouts();
     let intake = Intake::new(config, backend.clone())?;
-    let signals =
-        SignalWatcher::install(intake.handle()).context("cannot install signal handlers")?;
+    let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let handle = intake.handle();
     tracing::info!("task worker started");
     let code = tokio::select! {
         summary = intake.run() => {
@@ -77,7 +77,7 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
             tracing::info!(?summary, "task worker stopped");
             ExitCode::SUCCESS
         }
-        _ = signals.run() => ExitCode::from(FORCE_EXIT_CODE),
+        () = follow_signals(signals, handle, super::say_shutdown_stage) => ExitCode::from(FORCE_EXIT_CODE),
     };
     backend.shutdown().await;
     Ok(code)

@@ -5,8 +5,8 @@
 //! bridge session, and reports every task's final status exactly once through the durable
 //! [`outbox`]. [`IntakeHandle`] drives shutdown: [`IntakeHandle::drain`] stops taking tasks and
 //! gives running ones [`IntakeConfig::grace_period`] before cancelling them;
-//! [`IntakeHandle::cancel_all`] cancels at once. [`signals::watch_signals`] maps SIGINT/SIGTERM
-//! onto these (first: drain, second: cancel, third: exit).
+//! [`IntakeHandle::cancel_all`] cancels at once; [`IntakeHandle::apply_shutdown`] maps the
+//! stages of [`crate::shutdown`] onto these (the binary follows the signals).
 //!
 //! Invariants:
 //! - Every task a poll returned ends with exactly one final status written to the outbox
@@ -16,10 +16,10 @@
 
 pub mod bridge;
 pub mod client;
+mod delivery;
 pub mod outbox;
 mod reporter;
 mod runner;
-pub mod signals;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -43,8 +43,8 @@ pub use runner::{
 use agentserver_common::backoff::jittered;
 use bridge::BridgeClient;
 use client::TaskClient;
-use outbox::Outbox;
-use reporter::{ReportTimings, Reporter};
+use delivery::StatusDelivery;
+use reporter::Reporter;
 
 use crate::secret::Secret;
 
@@ -218,59 +218,43 @@ pub struct IntakeSummary {
 /// stays on disk. `agentserver run` uses it for the sessions it is *not* serving, so a host
 /// that comes back as a new sandbox still reports the old sandbox's tasks.
 pub async fn flush_outbox(config: IntakeConfig) -> Result<IntakeSummary, IntakeError> {
-    let intake = Intake::new(config, Arc::new(FlushOnly))?;
-    intake.handle().drain();
-    intake.run().await
+    let (tasks, _) = clients(&config)?;
+    let (events, _) = broadcast::channel(16);
+    let delivery = StatusDelivery::open(&config, &tasks, events)?;
+    let mut summary = IntakeSummary::default();
+    if !delivery.claim(None).await? {
+        tracing::info!(sandbox_id = %config.sandbox_id, "another live host is delivering this sandbox's statuses; leaving them to it");
+        delivery.stop();
+        return Ok(summary);
+    }
+    let found = delivery.recover(false).await?;
+    summary.replayed = found.replayed;
+    summary.orphaned = found.orphaned;
+    summary.resumed = found.resumed;
+    summary.unreported = delivery.finish().await;
+    Ok(summary)
 }
 
-/// The backend of [`flush_outbox`]: a drained intake never runs a task.
-struct FlushOnly;
-
-#[async_trait::async_trait]
-impl Backend for FlushOnly {
-    fn info(&self) -> agentserver_plugin_api::BackendInfo {
-        agentserver_plugin_api::BackendInfo {
-            name: "outbox-flush".into(),
-            version: crate::VERSION.into(),
-            session_type: agentserver_plugin_api::SessionType::Custom,
-        }
-    }
-
-    async fn execute(
-        &self,
-        _task: agentserver_plugin_api::Task,
-        _events: agentserver_plugin_api::EventSink,
-        _cancel: CancellationToken,
-    ) -> agentserver_plugin_api::TaskOutcome {
-        agentserver_plugin_api::TaskOutcome::failed(
-            agentserver_plugin_api::FailureKind::System,
-            "an outbox flush does not run tasks",
-        )
-    }
-}
-
-/// Tasks received and not yet given a final status, so a forced exit can still leave a
-/// status for each in the outbox.
-#[derive(Debug)]
-pub(crate) struct Ledger {
-    unfinished: std::sync::Mutex<std::collections::HashSet<String>>,
-    outbox: Outbox,
-    sandbox_id: String,
-    server: String,
-}
-
-impl Ledger {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.unfinished.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn received(&self, task_id: &str) {
-        self.lock().insert(task_id.to_owned());
-    }
-
-    pub(crate) fn finished(&self, task_id: &str) {
-        self.lock().remove(task_id);
-    }
+/// The server's task endpoints and its bridge, on one HTTP client.
+fn clients(config: &IntakeConfig) -> Result<(TaskClient, BridgeClient), IntakeError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(IntakeError::Http)?;
+    let tasks = TaskClient::new(
+        http.clone(),
+        &config.server,
+        config.proxy_token.clone(),
+        &config.sandbox_id,
+        config.timeouts,
+    );
+    let bridge = BridgeClient::new(
+        http,
+        &config.server,
+        config.proxy_token.clone(),
+        config.bridge.clone(),
+    );
+    Ok((tasks, bridge))
 }
 
 /// Controls a running [`Intake`]. Cheap to clone.
@@ -279,7 +263,7 @@ pub struct IntakeHandle {
     drain: CancellationToken,
     cancel: CancellationToken,
     events: broadcast::Sender<IntakeEvent>,
-    ledger: Arc<Ledger>,
+    ledger: Arc<delivery::Ledger>,
     reporter: Reporter,
 }
 
@@ -320,22 +304,25 @@ impl IntakeHandle {
     /// every task received and not finished, so the next start reports them. Returns how many.
     /// Only call it right before the process exits (the tasks are abandoned, not stopped).
     pub fn persist_unfinished(&self) -> usize {
-        let ids: Vec<String> = self.ledger.lock().drain().collect();
-        for id in &ids {
-            let entry = outbox::OutboxEntry {
-                version: outbox::OUTBOX_VERSION,
-                task_id: id.clone(),
-                sandbox_id: self.ledger.sandbox_id.clone(),
-                server: self.ledger.server.clone(),
-                finished_at: chrono::Utc::now()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                body: StatusBody::failed(SHUTDOWN_REASON),
-            };
-            if let Err(err) = self.ledger.outbox.write(&entry) {
-                tracing::error!(task = %id, %err, "cannot save the status of an abandoned task");
+        self.ledger.persist_unfinished()
+    }
+
+    /// Applies a shutdown stage: drain, cancel running tasks, or (exit now) save a status for
+    /// every unfinished task ([`IntakeHandle::persist_unfinished`]). Returns how many tasks a
+    /// forced exit abandons (0 for the other stages).
+    pub fn apply_shutdown(&self, stage: crate::shutdown::ShutdownStage) -> usize {
+        use crate::shutdown::ShutdownStage;
+        match stage {
+            ShutdownStage::Drain => {
+                self.drain();
+                0
             }
+            ShutdownStage::CancelAll => {
+                self.cancel_all();
+                0
+            }
+            ShutdownStage::ExitNow => self.persist_unfinished(),
         }
-        ids.len()
     }
 
     /// Receives [`IntakeEvent`]s from now on.
@@ -350,20 +337,17 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskClient,
     pub(crate) bridge: BridgeClient,
     pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) outbox: Outbox,
-    pub(crate) reporter: Reporter,
+    pub(crate) delivery: StatusDelivery,
     pub(crate) events: broadcast::Sender<IntakeEvent>,
     pub(crate) no_bridge_logged: AtomicBool,
     pub(crate) cancel_all: CancellationToken,
     pub(crate) workdir: String,
-    pub(crate) ledger: Arc<Ledger>,
 }
 
 /// The task intake of one sandbox.
 pub struct Intake {
     shared: Arc<Shared>,
     handle: IntakeHandle,
-    reporter_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Intake {
@@ -390,48 +374,15 @@ impl Intake {
                 "max_concurrent_tasks must be at least 1".into(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(IntakeError::Http)?;
-        let tasks = TaskClient::new(
-            http.clone(),
-            &config.server,
-            config.proxy_token.clone(),
-            &config.sandbox_id,
-            config.timeouts,
-        );
-        let bridge = BridgeClient::new(
-            http,
-            &config.server,
-            config.proxy_token.clone(),
-            config.bridge.clone(),
-        );
-        let outbox = Outbox::open(&config.outbox_dir, &config.sandbox_id)?;
+        let (tasks, bridge) = clients(&config)?;
         let (events, _) = broadcast::channel(4096);
-        let reporter_stop = CancellationToken::new();
-        let reporter = Reporter::new(
-            tasks.clone(),
-            outbox.clone(),
-            ReportTimings {
-                initial: config.report_backoff_initial,
-                max: config.report_backoff_max,
-            },
-            events.clone(),
-            reporter_stop.clone(),
-        );
-        let ledger = Arc::new(Ledger {
-            unfinished: Default::default(),
-            outbox: outbox.clone(),
-            sandbox_id: tasks.sandbox_id().to_owned(),
-            server: tasks.server().to_owned(),
-        });
+        let delivery = StatusDelivery::open(&config, &tasks, events.clone())?;
         let handle = IntakeHandle {
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
             events: events.clone(),
-            ledger: ledger.clone(),
-            reporter: reporter.clone(),
+            ledger: delivery.ledger.clone(),
+            reporter: delivery.reporter.clone(),
         };
         let workdir = config.workdir.to_string_lossy().into_owned();
         let shared = Arc::new(Shared {
@@ -439,56 +390,18 @@ impl Intake {
             tasks,
             bridge,
             backend,
-            outbox,
-            reporter,
+            delivery,
             events,
             no_bridge_logged: AtomicBool::new(false),
             cancel_all: handle.cancel.clone(),
             workdir,
-            ledger,
         });
-        Ok(Self {
-            shared,
-            handle,
-            reporter_stop,
-        })
+        Ok(Self { shared, handle })
     }
 
     /// A handle to drain or cancel the intake while [`Intake::run`] runs.
     pub fn handle(&self) -> IntakeHandle {
         self.handle.clone()
-    }
-
-    /// Takes the outbox's owner lock. An intake that only flushes (drained before it runs)
-    /// gives up when another host holds it; a serving intake waits for it (usually a flush by
-    /// another host, which ends within its report timeout; possibly another process serving
-    /// the same sandbox, which is said every 30 s), until it gets it or is drained.
-    async fn claim_outbox(&self) -> Result<Option<crate::fsutil::LockFile>, IntakeError> {
-        const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
-        const SAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
-        let outbox = &self.shared.outbox;
-        if let Some(lock) = outbox.claim()? {
-            return Ok(Some(lock));
-        }
-        if self.handle.is_draining() {
-            return Ok(None);
-        }
-        let sandbox_id = &self.shared.config.sandbox_id;
-        tracing::info!(%sandbox_id, "another host is delivering this sandbox's statuses; waiting for it to finish");
-        let mut said = Instant::now();
-        loop {
-            tokio::select! {
-                _ = self.handle.drain.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(RETRY) => {}
-            }
-            if let Some(lock) = outbox.claim()? {
-                return Ok(Some(lock));
-            }
-            if said.elapsed() >= SAY_AGAIN {
-                said = Instant::now();
-                tracing::warn!(%sandbox_id, lock = %outbox.dir().join(".owner.lock").display(), "still waiting for another process to release this sandbox's outbox (is another agentserver serving the same sandbox?)");
-            }
-        }
     }
 
     /// Runs until drained: replays the outbox, polls, runs tasks, and after
@@ -497,57 +410,17 @@ impl Intake {
     pub async fn run(self) -> Result<IntakeSummary, IntakeError> {
         let shared = self.shared.clone();
         let mut summary = IntakeSummary::default();
-        // One deliverer per sandbox outbox across every host sharing this state directory.
-        let Some(owner) = self.claim_outbox().await? else {
-            tracing::info!(sandbox_id = %shared.config.sandbox_id, "another live host is delivering this sandbox's statuses; leaving them to it");
-            self.reporter_stop.cancel();
-            return Ok(summary);
-        };
-        shared.reporter.hold_owner_lock(owner);
-        let pending = shared.outbox.pending()?;
-        summary.replayed = pending.len();
-        if !pending.is_empty() {
-            tracing::info!(
-                count = pending.len(),
-                "reporting task statuses left from an earlier run"
-            );
-        }
-        for entry in pending {
-            shared.reporter.deliver(entry, true);
-        }
         let drain = self.handle.drain.clone();
-        let mut queue: VecDeque<PolledTask> = VecDeque::new();
-        for orphan in shared.outbox.orphans()? {
-            match orphan.never_started {
-                // Received but never started: it can still run, and this host runs it, unless
-                // it only flushes (another sandbox's outbox): then it says so truthfully.
-                Some(task) if !drain.is_cancelled() => {
-                    tracing::info!(task = %task.task_id, "this task was received but not started when the host stopped; running it now");
-                    summary.resumed += 1;
-                    shared.ledger.received(&task.task_id);
-                    queue.push_back(task);
-                }
-                Some(task) => {
-                    summary.resumed += 1;
-                    runner::finalize(
-                        &shared,
-                        &task.task_id,
-                        StatusBody::failed(format!("{SYSTEM_PREFIX}{NOT_STARTED_REASON}")),
-                    )
-                    .await;
-                }
-                None => {
-                    tracing::warn!(task = %orphan.task_id, "this task was running when the host stopped; reporting it as failed");
-                    summary.orphaned += 1;
-                    runner::finalize(
-                        &shared,
-                        &orphan.task_id,
-                        StatusBody::failed(format!("{SYSTEM_PREFIX}{ORPHAN_REASON}")),
-                    )
-                    .await;
-                }
-            }
+        if !shared.delivery.claim(Some(&drain)).await? {
+            tracing::info!(sandbox_id = %shared.config.sandbox_id, "another live host is delivering this sandbox's statuses; leaving them to it");
+            shared.delivery.stop();
+            return Ok(summary);
         }
+        let found = shared.delivery.recover(!drain.is_cancelled()).await?;
+        summary.replayed = found.replayed;
+        summary.orphaned = found.orphaned;
+        summary.resumed = found.resumed;
+        let mut queue: VecDeque<PolledTask> = found.to_run.into();
 
         let max = shared.config.max_concurrent_tasks;
         let mut running: JoinSet<()> = JoinSet::new();
@@ -589,7 +462,7 @@ impl Intake {
                         } else {
                             tracing::debug!(count = tasks.len(), "received tasks");
                             summary.tasks_received += tasks.len() as u64;
-                            let outbox = shared.outbox.clone();
+                            let outbox = shared.delivery.outbox.clone();
                             let copies = tasks.clone();
                             let marked = tokio::task::spawn_blocking(move || {
                                 outbox.mark_received(&copies).map_err(|e| e.to_string())
@@ -600,7 +473,7 @@ impl Intake {
                                 tracing::error!(%err, "cannot note received tasks on disk");
                             }
                             for t in &tasks {
-                                shared.ledger.received(&t.task_id);
+                                shared.delivery.ledger.received(&t.task_id);
                                 let _ = shared.events.send(IntakeEvent::Polled {
                                     task_id: t.task_id.clone(),
                                     at,
@@ -652,7 +525,10 @@ impl Intake {
             );
         }
         for task in queue.drain(..) {
-            runner::finalize(&shared, &task.task_id, StatusBody::failed(SHUTDOWN_REASON)).await;
+            shared
+                .delivery
+                .finalize(&task.task_id, StatusBody::failed(SHUTDOWN_REASON))
+                .await;
         }
         let grace = shared.config.grace_period;
         let cancel = shared.cancel_all.clone();
@@ -673,24 +549,7 @@ impl Intake {
         grace_timer.abort();
 
         // Give pending statuses a chance to reach the server.
-        let reporter = shared.reporter.clone();
-        if reporter.pending() > 0 {
-            tracing::info!(
-                pending = reporter.pending(),
-                "waiting for task statuses to be accepted"
-            );
-            let _ =
-                tokio::time::timeout(shared.config.shutdown_report_timeout, reporter.wait_idle())
-                    .await;
-        }
-        summary.unreported = reporter.pending();
-        if summary.unreported > 0 {
-            tracing::warn!(
-                count = summary.unreported,
-                "some task statuses are not accepted yet; they stay in the outbox and are sent at the next start"
-            );
-        }
-        self.reporter_stop.cancel();
+        summary.unreported = shared.delivery.finish().await;
         Ok(summary)
     }
 }
@@ -705,13 +564,14 @@ async fn report_malformed(shared: &Shared, bad: client::MalformedTask) {
                 task_id: task_id.clone(),
                 at: std::time::Instant::now(),
             });
-            shared.ledger.received(&task_id);
-            runner::finalize(
-                shared,
-                &task_id,
-                StatusBody::failed(format!("{SYSTEM_PREFIX}{}", bad.reason)),
-            )
-            .await;
+            shared.delivery.ledger.received(&task_id);
+            shared
+                .delivery
+                .finalize(
+                    &task_id,
+                    StatusBody::failed(format!("{SYSTEM_PREFIX}{}", bad.reason)),
+                )
+                .await;
         }
         None => {
             tracing::error!(reason = %bad.reason, "the server sent a task this host can neither run nor report (no usable id); it stays assigned on the server");
@@ -733,13 +593,14 @@ fn spawn_task(shared: &Arc<Shared>, running: &mut JoinSet<()>, task: PolledTask)
                 .unwrap_or_default();
             tracing::error!(task = %task_id, %msg, "task runner panicked");
             // The runner panics only before finalizing (finalize itself does not panic).
-            if !shared.outbox.path_of(&task_id).exists() {
-                runner::finalize(
-                    &shared,
-                    &task_id,
-                    StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
-                )
-                .await;
+            if !shared.delivery.outbox.path_of(&task_id).exists() {
+                shared
+                    .delivery
+                    .finalize(
+                        &task_id,
+                        StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
+                    )
+                    .await;
             }
         }
     });

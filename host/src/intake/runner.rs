@@ -16,7 +16,6 @@ use super::bridge::{
     BridgeError, BridgeSession, BridgeTimings, Inbound, InboundHandler, MAX_BATCH, WorkerState,
 };
 use super::client::{PolledTask, StatusBody};
-use super::outbox::{OUTBOX_VERSION, OutboxEntry};
 use super::{IntakeEvent, Shared};
 use agentserver_common::backoff::{Backoff, BackoffPolicy};
 
@@ -84,46 +83,6 @@ fn system(reason: impl std::fmt::Display) -> StatusBody {
 
 /// Writes the final status to the outbox (durably, off the async threads) and hands it to the
 /// reporter.
-pub(crate) async fn finalize(shared: &Shared, task_id: &str, body: StatusBody) {
-    let body = body.within_limits();
-    let entry = OutboxEntry {
-        version: OUTBOX_VERSION,
-        task_id: task_id.to_owned(),
-        sandbox_id: shared.tasks.sandbox_id().to_owned(),
-        server: shared.tasks.server().to_owned(),
-        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        body,
-    };
-    let outbox = shared.outbox.clone();
-    let copy = entry.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let written = outbox.write(&copy).map(|_| ());
-        if written.is_ok() {
-            outbox.clear_received(&copy.task_id);
-        }
-        written.map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    shared.ledger.finished(task_id);
-    if let Err(err) = written {
-        // Still try to deliver it; only durability across a crash is lost.
-        tracing::error!(task = %task_id, %err, "cannot write the task status to the outbox");
-    }
-    match entry.body.failure_reason.as_deref() {
-        Some(reason) => {
-            tracing::info!(task = %task_id, status = %entry.body.status, %reason, "task finished")
-        }
-        None => tracing::info!(task = %task_id, status = %entry.body.status, "task finished"),
-    }
-    let _ = shared.events.send(IntakeEvent::Finished {
-        task_id: task_id.to_owned(),
-        status: entry.body.clone(),
-        at: std::time::Instant::now(),
-    });
-    shared.reporter.deliver(entry, false);
-}
-
 enum ExecResult {
     Outcome(TaskOutcome),
     Panicked(String),
@@ -134,7 +93,7 @@ enum ExecResult {
 /// Runs one polled task to its final status (always ends in [`finalize`]).
 pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: CancellationToken) {
     let task_id = polled.task_id.clone();
-    let outbox = shared.outbox.clone();
+    let outbox = shared.delivery.outbox.clone();
     let marker = polled.clone();
     let marked = tokio::task::spawn_blocking(move || outbox.mark_started(&marker))
         .await
@@ -169,7 +128,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
             } else {
                 system(reason)
             };
-            finalize(&shared, &task_id, body).await;
+            shared.delivery.finalize(&task_id, body).await;
             return;
         }
     };
@@ -249,7 +208,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
     }
 
     let body = decide(&shared, result, &ctl);
-    finalize(&shared, &task_id, body).await;
+    shared.delivery.finalize(&task_id, body).await;
 }
 
 fn from_join(r: Result<TaskOutcome, tokio::task::JoinError>) -> ExecResult {

@@ -3,14 +3,12 @@
 //! - [`session`]: `sessions/{sandbox_id}.json`, pid liveness, [`SessionGuard`] (pid stamped
 //!   while running, cleared on exit).
 //! - [`registry`]: the legacy `registry.json` with its `registry.json.lock`.
-//! - [`choose`]: resume / continue / register-new, the session choice of the main command (§5).
 //! - [`fsutil`] (re-exported from the leaf module [`crate::fsutil`], which `auth` and the
 //!   outbox use directly): 0700 directories, atomic 0600 writes, exclusive lock files.
 //!
 //! Invariant: every file here is replaced atomically (temp file + rename), so a reader never
 //! sees a half-written file, even if the writer is killed with SIGKILL.
 
-pub mod choose;
 pub mod registry;
 pub mod session;
 
@@ -18,7 +16,6 @@ pub use crate::{fsutil, rfc3339};
 
 use std::path::PathBuf;
 
-pub use choose::{ChooseError, SessionOrigin, SessionRequest, choose_session};
 pub use registry::{LockedRegistry, Registry, RegistryEntry, RegistryFile};
 pub use session::{Session, SessionGuard, SessionStore, pid_alive};
 

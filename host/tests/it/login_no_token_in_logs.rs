@@ -7,7 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use agentserver::auth::QuietLoginUi;
-use agentserver::state::{SessionOrigin, SessionRequest, SessionStore, choose_session, rfc3339};
+use agentserver::session_choice::{SessionOrigin, SessionRequest, choose_session};
+use agentserver::state::{SessionStore, rfc3339};
 use agentserver_mock::{MockConfig, MockServer};
 use support_auth_state::{TIMEOUT, auth_in};
 use tokio_util::sync::CancellationToken;

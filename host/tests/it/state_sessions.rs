@@ -9,9 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentserver::auth::QuietLoginUi;
-use agentserver::state::{
-    ChooseError, Session, SessionGuard, SessionOrigin, SessionRequest, SessionStore, choose_session,
-};
+use agentserver::session_choice::{ChooseError, SessionOrigin, SessionRequest, choose_session};
+use agentserver::state::{Session, SessionGuard, SessionStore};
 use support_auth_state::{auth_in, session};
 use tokio_util::sync::CancellationToken;
 

@@ -884,6 +884,9 @@ async fn pump(
     let mut last = from;
     let mut first = true;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    // Ticks missed during a long replay are not made up in a burst of keepalives: one is due,
+    // then the interval starts again.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'outer: loop {
         latest.mark_unchanged();
         let (frames, newest): (Vec<(u64, Bytes)>, u64) = {

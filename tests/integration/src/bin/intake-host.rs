@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentserver::intake::signals::{FORCE_EXIT_CODE, SignalWatcher};
 use agentserver::intake::{Intake, IntakeConfig};
 use agentserver::secret::Secret;
+use agentserver::shutdown::{FORCE_EXIT_CODE, ShutdownSignals, follow_signals};
 use agentserver_integration::test_backend::TestBackend;
 
 fn main() -> ExitCode {
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signals = match SignalWatcher::install(intake.handle()) {
+        let signals = match ShutdownSignals::install() {
             Ok(w) => w,
             Err(err) => {
                 eprintln!("Error: cannot install signal handlers: {err}");
@@ -68,6 +68,12 @@ fn main() -> ExitCode {
             }
         };
         eprintln!("intake-host ready");
+        // The stages as the binary follows them, saying what it says.
+        let follow = follow_signals(signals, intake.handle(), |stage| {
+            if let Some(text) = stage.notice() {
+                eprintln!("{text}");
+            }
+        });
         tokio::select! {
             r = intake.run() => match r {
                 Ok(summary) => {
@@ -79,7 +85,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            _ = signals.run() => ExitCode::from(FORCE_EXIT_CODE),
+            () = follow => ExitCode::from(FORCE_EXIT_CODE),
         }
     })
 }

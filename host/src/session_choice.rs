@@ -1,5 +1,7 @@
 //! The session choice of the main command (spec §5 step 2): `--resume ID`, `--continue`, or a
-//! new sandbox (login if needed, register). The result is a [`SessionGuard`]: this process's
+//! new sandbox (login if needed, register). Orchestration beside [`crate::worker`]: it drives
+//! `auth` (login, registration) over the files of `state`, which itself knows nothing of
+//! logging in. The result is a [`SessionGuard`]: this process's
 //! pid is already stamped into the session file, and it is cleared when the guard is released
 //! or dropped.
 
@@ -7,8 +9,6 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::StateError;
-use super::session::{Session, SessionGuard, SessionStore};
 use crate::auth::{
     AuthContext, CredentialsError, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
     normalize_server_url,
@@ -16,6 +16,8 @@ use crate::auth::{
 use crate::fsutil::LockFile;
 use crate::rfc3339;
 use crate::secret::Secret;
+use crate::state::StateError;
+use crate::state::session::{Session, SessionGuard, SessionStore};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy)]
