@@ -34,6 +34,7 @@ mod probe_info_command;
 mod probe_parsers;
 mod probe_tools;
 mod run_command;
+mod run_headless;
 mod run_no_token_in_logs;
 mod run_opencode;
 mod service;

@@ -215,6 +215,7 @@ impl Host {
         let child = cmd
             .current_dir(&work)
             .env("AGENTSERVER_HOME", self.home())
+            .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
             .env("HOME", &self.root)
             .env("RUST_LOG", "info")
             .env_remove("AGENTSERVER_SERVER")

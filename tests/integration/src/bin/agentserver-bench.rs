@@ -443,6 +443,7 @@ async fn measure_idle(
     }
     let mut child = cmd
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("HOME", tmp.path())
         .env_remove("AGENTSERVER_SERVER")
         .stdin(Stdio::null())
