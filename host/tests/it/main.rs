@@ -14,6 +14,7 @@ mod support_run;
 
 mod cli_verbose;
 mod demo;
+mod deploy_manifests;
 mod dev_server;
 mod login_device_flow;
 mod login_no_token_in_logs;
