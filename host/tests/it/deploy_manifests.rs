@@ -133,7 +133,11 @@ fn kubernetes_manifests_validate_and_fit_the_host() {
 
     // The grace period covers the host's worst-case drain for its own flags.
     let drain = agentserver::service::stop_timeout_secs(
-        seconds(&args, "--grace-period", agentserver::service::DEFAULT_GRACE_SECS),
+        seconds(
+            &args,
+            "--grace-period",
+            agentserver::service::DEFAULT_GRACE_SECS,
+        ),
         seconds(
             &args,
             "--poll-timeout",
@@ -205,8 +209,7 @@ fn kubernetes_manifests_validate_and_fit_the_host() {
     let volume = named(&pod["volumes"], secret_mount["name"].as_str().unwrap());
     let secret = find(&docs, "Secret");
     assert_eq!(
-        volume["secret"]["secretName"],
-        secret["metadata"]["name"],
+        volume["secret"]["secretName"], secret["metadata"]["name"],
         "the mounted Secret is the one shipped"
     );
     let mode = volume["secret"]["defaultMode"].as_u64().unwrap();

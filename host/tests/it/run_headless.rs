@@ -174,7 +174,11 @@ async fn env_refresh_token_registers_and_runs_without_a_login() {
     let sandbox = registered_sandbox(&mock).await;
     serve_one_task(&mock, &mut child, &sandbox.id).await;
     no_device_login(&mock);
-    assert_eq!(refreshes(&mock), vec![provisioned.clone()], "exchanged once");
+    assert_eq!(
+        refreshes(&mock),
+        vec![provisioned.clone()],
+        "exchanged once"
+    );
     assert!(
         !mock.refresh_token_valid(&provisioned),
         "the mock rotated the provisioned token"
