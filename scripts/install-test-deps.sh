@@ -45,3 +45,13 @@ if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("prometheus_
 else
     python3 -m pip install --quiet --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_PY_VERSION"
 fi
+
+# kubernetes-validate: host/tests/it/deploy_manifests.rs validates deploy/kubernetes/*.yaml with
+# it (strictly, against the Kubernetes version pinned there); it brings PyYAML, which that test
+# also parses the manifests with.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]; then
+    echo "python kubernetes-validate $KUBERNETES_VALIDATE_VERSION already installed"
+else
+    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi

@@ -215,6 +215,14 @@ pub struct SessionArgs {
     /// Resume the newest inactive session of this directory and backend type.
     #[arg(short = 'c', long = "continue")]
     pub continue_: bool,
+    /// Like --continue, but register a new sandbox when there is no session to continue (for
+    /// services and containers whose state directory persists across restarts).
+    #[arg(long, conflicts_with_all = ["resume", "continue_"])]
+    pub continue_or_register: bool,
+    /// Start a device login even when stdin is not a terminal (by default a start without a
+    /// terminal and without usable credentials fails at once, saying what to provision).
+    #[arg(long, env = "AGENTSERVER_LOGIN_WITHOUT_TTY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub login_without_tty: bool,
 }
 
 /// Claude Code backend options.

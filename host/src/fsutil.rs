@@ -135,8 +135,9 @@ pub fn read_state_file(path: &Path) -> io::Result<Vec<u8>> {
 
 /// The files and folders directly under the state directory that the host owns and keeps
 /// private; `sessions/` is checked file by file as well.
-const OWNED_ENTRIES: [&str; 9] = [
+const OWNED_ENTRIES: [&str; 10] = [
     ".credentials.json",
+    ".credentials.json.seed",
     "registry.json",
     "config.toml",
     "sessions",

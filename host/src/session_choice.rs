@@ -9,9 +9,10 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::headless::{CREDENTIALS_FILE_ENV, REFRESH_TOKEN_ENV};
 use crate::auth::{
-    AuthContext, CredentialsError, DEFAULT_SERVER, LoginError, LoginUi, NeedReLogin, RegisterError,
-    normalize_server_url,
+    AuthContext, CredentialsError, DEFAULT_SERVER, HeadlessError, LoginError, LoginUi, NeedReLogin,
+    RegisterError, normalize_server_url,
 };
 use crate::fsutil::LockFile;
 use crate::rfc3339;
@@ -26,6 +27,13 @@ pub struct SessionRequest<'a> {
     pub resume: Option<&'a str>,
     /// `--continue`.
     pub continue_latest: bool,
+    /// `--continue-or-register`: like `continue_latest`, but register a new sandbox when there
+    /// is no session to continue (for services and containers, whose state directory persists).
+    pub register_if_none: bool,
+    /// Whether a device login may be started when no valid token is at hand (`run`: stdin is a
+    /// terminal, or `--login-without-tty`). When not, the choice fails at once with
+    /// [`ChooseError::NoCredentials`] instead of waiting for a login nobody can approve.
+    pub device_login: bool,
     /// `--server` (new sessions only; resume/continue use the session's server).
     pub server: Option<&'a str>,
     /// `--name` (new sessions only; default: the hostname).
@@ -79,6 +87,21 @@ pub enum ChooseError {
          or remove it (or run `agentserver login`) to log in again"
     )]
     UnreadableCredentials(#[source] CredentialsError),
+    /// No valid token, and no device login possible (no terminal): says what to provision.
+    #[error(
+        "{}, and there is no terminal for a device login (stdin is not a TTY). {advice}",
+        .reason.reason
+    )]
+    NoCredentials {
+        /// Why there is no valid token.
+        reason: NeedReLogin,
+        /// What to mount or set.
+        advice: String,
+    },
+    /// The provisioned credentials (`AGENTSERVER_CREDENTIALS_FILE`, `AGENTSERVER_REFRESH_TOKEN`)
+    /// cannot be used.
+    #[error(transparent)]
+    Headless(#[from] HeadlessError),
     /// Login failed.
     #[error(transparent)]
     Login(#[from] LoginError),
@@ -96,11 +119,13 @@ pub enum ChooseError {
 /// Chooses the session (spec §5 step 2) and stamps this process's pid into it:
 /// - `resume`: load that session; a live pid → [`ChooseError::SessionActive`]; the session's
 ///   server is used (`--server` is ignored);
-/// - `continue_latest`: the newest inactive session with `dir == cwd` and this type;
-/// - otherwise: first the local checks (the credentials file, when present, can be read;
+/// - `continue_latest`: the newest inactive session with `dir == cwd` and this type; with
+///   `register_if_none` and no such session, a new sandbox as below;
+/// - otherwise: provisioned credentials (`auth.seed()`) are adopted into the credentials
+///   file; then the local checks (the credentials file, when present, can be read;
 ///   `sessions/` is writable), then server = `--server`, else the saved credentials' server,
 ///   else [`DEFAULT_SERVER`]; a token via `ensure_valid_token`, with an interactive login (through
-///   `ui`) on any error; then register a new sandbox. A registration refused for an auth
+///   `ui`) on any error when `device_login` allows it (else [`ChooseError::NoCredentials`]); then register a new sandbox. A registration refused for an auth
 ///   reason (401, missing scope or workspace) triggers one more login and one retry.
 ///
 /// The liveness check and the pid stamp happen under the sessions lock, so two processes
@@ -144,8 +169,15 @@ pub async fn choose_session(
     let cwd = request.cwd.to_string_lossy().into_owned();
     if request.continue_latest {
         let lock = lock_store(store).await?;
-        let session = match store.find_latest_session(&cwd, request.session_type, request.backend) {
-            Ok(s) => s,
+        match store.find_latest_session(&cwd, request.session_type, request.backend) {
+            Ok(session) => {
+                let guard = SessionGuard::acquire(store.clone(), session)?;
+                drop(lock);
+                return Ok((guard, SessionOrigin::Continued));
+            }
+            Err(StateError::NoResumableSession) if request.register_if_none => {
+                tracing::info!("no session to continue; registering a new sandbox");
+            }
             Err(StateError::NoResumableSession) => {
                 return Err(ChooseError::NothingToContinue {
                     dir: cwd,
@@ -153,10 +185,11 @@ pub async fn choose_session(
                 });
             }
             Err(e) => return Err(e.into()),
-        };
-        let guard = SessionGuard::acquire(store.clone(), session)?;
-        drop(lock);
-        return Ok((guard, SessionOrigin::Continued));
+        }
+    }
+
+    if let Some(adoption) = auth.adopt_seed().await? {
+        tracing::debug!(?adoption, "provisioned credentials");
     }
 
     // What can be checked here is checked before the server is asked for a sandbox: a
@@ -179,16 +212,35 @@ pub async fn choose_session(
         Some(n) if !n.is_empty() => n.to_owned(),
         _ => default_name(request.session_type),
     };
-    let token = token_or_login(auth, &server, ui, cancel, false).await?;
+    let token = token_or_login(auth, &server, request, ui, cancel, None).await?;
     let registered = match auth
         .register(&server, &token, &name, request.session_type)
         .await
     {
         Err(e) if e.needs_relogin() => {
-            tracing::warn!(error = %e, "registration refused; logging in again");
-            let token = token_or_login(auth, &server, ui, cancel, true).await?;
-            auth.register(&server, &token, &name, request.session_type)
-                .await?
+            tracing::warn!(error = %e, "registration refused; refreshing the token");
+            // The refresh token may still be good (the access token was revoked, say): a
+            // refresh spares a new login, which a host without a terminal cannot do.
+            let retried = match auth.refresh_token_now(&server).await {
+                Ok(token) => {
+                    auth.register(&server, &token, &name, request.session_type)
+                        .await
+                }
+                Err(refresh) => {
+                    tracing::info!(reason = %refresh.reason, "cannot refresh");
+                    Err(e)
+                }
+            };
+            match retried {
+                Err(e) if e.needs_relogin() => {
+                    tracing::warn!(error = %e, "registration refused; logging in again");
+                    let token =
+                        token_or_login(auth, &server, request, ui, cancel, Some(&e)).await?;
+                    auth.register(&server, &token, &name, request.session_type)
+                        .await?
+                }
+                other => other?,
+            }
         }
         other => other?,
     };
@@ -212,22 +264,57 @@ pub async fn choose_session(
 }
 
 /// A valid access token for `server`, logging in interactively when there is none (or always,
-/// with `force_login`).
+/// when `refused` says why the last token was refused), if `request.device_login` allows it.
 async fn token_or_login(
     auth: &AuthContext,
     server: &str,
+    request: &SessionRequest<'_>,
     ui: &dyn LoginUi,
     cancel: &CancellationToken,
-    force_login: bool,
+    refused: Option<&RegisterError>,
 ) -> Result<Secret, ChooseError> {
-    if !force_login {
+    let reason = if let Some(refused) = refused {
+        NeedReLogin {
+            server: server.to_owned(),
+            reason: crate::auth::ReLoginReason::Refused(refused.to_string()),
+        }
+    } else {
         match auth.ensure_valid_token(server).await {
             Ok(t) => return Ok(t),
-            Err(e) => tracing::info!(reason = %e.reason, "login needed"),
+            Err(e) => {
+                tracing::info!(reason = %e.reason, "login needed");
+                e
+            }
         }
+    };
+    if !request.device_login {
+        return Err(ChooseError::NoCredentials {
+            advice: no_credentials_advice(auth, server),
+            reason,
+        });
     }
     auth.login(server, ui, cancel).await?;
     Ok(auth.ensure_valid_token(server).await?)
+}
+
+/// What to provision when no device login is possible.
+fn no_credentials_advice(auth: &AuthContext, server: &str) -> String {
+    match auth.seed() {
+        Some(seed) => format!(
+            "The credentials provisioned by {} are spent or refused: provision fresh ones (run \
+             `agentserver login --server {server}` where you can, then put its \
+             .credentials.json into the mounted file, or its refreshToken into {REFRESH_TOKEN_ENV}), \
+             or remove {} to start over",
+            seed.source,
+            auth.credentials().path().display()
+        ),
+        None => format!(
+            "Mount a credentials file (the .credentials.json that `agentserver login --server \
+             {server}` writes) and set {CREDENTIALS_FILE_ENV} to its path, or set \
+             {REFRESH_TOKEN_ENV} to a refresh token, or run `agentserver login --server {server}` \
+             once on this machine; --login-without-tty waits for a device login anyway"
+        ),
+    }
 }
 
 /// The sandbox name when `--name` is not given: the hostname, else upstream's fallback

@@ -6,6 +6,9 @@
 //! - [`token`]: [`AuthContext::ensure_valid_token`] (§2.6) with refresh-token rotation and
 //!   [`NeedReLogin`].
 //! - [`register`]: `POST /api/agent/register` (§3.1).
+//! - [`headless`]: credentials provisioned for hosts without a terminal (a mounted file,
+//!   `AGENTSERVER_CREDENTIALS_FILE`, or `AGENTSERVER_REFRESH_TOKEN`), adopted into the state
+//!   directory's credentials file.
 //! - [`ui`]: what the user sees during login (terminal: URL, code, QR, browser, spinner).
 //!
 //! Invariant: every token is a [`Secret`] from the moment it is parsed; none is ever logged.
@@ -13,6 +16,7 @@
 
 pub mod credentials;
 pub mod device;
+pub mod headless;
 pub mod register;
 pub mod token;
 pub mod ui;
@@ -24,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use credentials::{Credentials, CredentialsError, CredentialsFile};
 pub use device::{DeviceAuthorization, LoginError, PollEvent, TokenResponse};
+pub use headless::{Adoption, HeadlessError, Seed, SeedSource};
 pub use register::{RegisterError, RegisteredSandbox};
 pub use token::{NeedReLogin, ReLoginReason};
 pub use ui::{DevicePrompt, LoginUi, QuietLoginUi, TerminalLoginUi};
@@ -49,6 +54,7 @@ pub fn normalize_server_url(server: &str) -> String {
 pub struct AuthContext {
     http: reqwest::Client,
     credentials: CredentialsFile,
+    seed: Option<Seed>,
 }
 
 impl AuthContext {
@@ -57,6 +63,7 @@ impl AuthContext {
         Self {
             http: default_http_client(),
             credentials: CredentialsFile::new(credentials_path),
+            seed: None,
         }
     }
 
@@ -69,6 +76,26 @@ impl AuthContext {
     pub fn with_http(mut self, http: reqwest::Client) -> Self {
         self.http = http;
         self
+    }
+
+    /// Uses these provisioned credentials (see [`headless`]) when a token is needed.
+    pub fn with_seed(mut self, seed: Option<Seed>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The provisioned credentials, if any.
+    pub fn seed(&self) -> Option<&Seed> {
+        self.seed.as_ref()
+    }
+
+    /// Adopts the provisioned credentials into the credentials file (see [`headless::adopt`]);
+    /// `Ok(None)` when none are provisioned.
+    pub async fn adopt_seed(&self) -> Result<Option<Adoption>, HeadlessError> {
+        match &self.seed {
+            Some(seed) => headless::adopt(seed, &self.credentials).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The HTTP client.

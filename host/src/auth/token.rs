@@ -30,6 +30,9 @@ pub enum ReLoginReason {
     NoRefreshToken,
     /// The refresh request failed (network, non-200, bad JSON).
     RefreshFailed(String),
+    /// The server refused the access token (registration answered 401, or the token lacks a
+    /// scope or workspace).
+    Refused(String),
 }
 
 impl std::fmt::Display for ReLoginReason {
@@ -47,6 +50,7 @@ impl std::fmt::Display for ReLoginReason {
                     "the access token has expired and refreshing it failed ({e})"
                 )
             }
+            Self::Refused(e) => write!(f, "the server refused the access token ({e})"),
         }
     }
 }
@@ -82,6 +86,17 @@ impl AuthContext {
     /// The whole check-refresh-save runs under the credentials lock, so concurrent hosts do
     /// not both spend the same (rotating) refresh token.
     pub async fn ensure_valid_token(&self, server: &str) -> Result<Secret, NeedReLogin> {
+        self.valid_token(server, false).await
+    }
+
+    /// Like [`AuthContext::ensure_valid_token`], but refreshes even when the saved access token
+    /// looks valid: for an access token the server has just refused (revoked, or its claims
+    /// changed) while the refresh token may still be good, so no new login is needed.
+    pub async fn refresh_token_now(&self, server: &str) -> Result<Secret, NeedReLogin> {
+        self.valid_token(server, true).await
+    }
+
+    async fn valid_token(&self, server: &str, force_refresh: bool) -> Result<Secret, NeedReLogin> {
         let server = normalize_server_url(server);
         let need = |reason| NeedReLogin {
             server: server.clone(),
@@ -102,7 +117,10 @@ impl AuthContext {
             }));
         }
         let margin = chrono::Duration::from_std(EXPIRY_MARGIN).unwrap_or_default();
-        if !creds.access_token.is_empty() && rfc3339::now_local() + margin < creds.expires_at {
+        if !force_refresh
+            && !creds.access_token.is_empty()
+            && rfc3339::now_local() + margin < creds.expires_at
+        {
             tracing::debug!("saved access token is valid");
             return Ok(creds.access_token);
         }

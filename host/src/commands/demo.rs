@@ -104,6 +104,9 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
     let request = SessionRequest {
         resume: None,
         continue_latest: false,
+        register_if_none: false,
+        // The embedded server approves the login by itself.
+        device_login: true,
         server: Some(&url),
         name: Some("agentserver-demo"),
         session_type: info.session_type.as_str(),

@@ -1,11 +1,12 @@
 //! `agentserver run` (and the root command): choose a session, start the backend, hold the
 //! tunnel and run tasks until signalled.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use agentserver::auth::{AuthContext, TerminalLoginUi};
+use agentserver::auth::{AuthContext, TerminalLoginUi, headless};
 use agentserver::dispatch::BackendKind;
 use agentserver::logging::notice;
 use agentserver::metrics::{Metrics, SandboxInfo};
@@ -55,11 +56,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             }
         })
     };
-    let auth = AuthContext::default_location();
+    let auth = AuthContext::default_location().with_seed(headless::seed_from_env()?);
     let ui = TerminalLoginUi::new(!args.session.skip_open_browser);
     let request = SessionRequest {
         resume: args.session.resume.as_deref(),
-        continue_latest: args.session.continue_,
+        continue_latest: args.session.continue_ || args.session.continue_or_register,
+        register_if_none: args.session.continue_or_register,
+        device_login: args.session.login_without_tty || std::io::stdin().is_terminal(),
         server: args.session.server.as_deref(),
         name: args.session.name.as_deref(),
         session_type: info.session_type.as_str(),

@@ -7,6 +7,7 @@ fn agentserver(args: &[&str], home: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agentserver"))
         .args(args)
         .env("AGENTSERVER_HOME", home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env_remove("RUST_LOG")
         .output()
         .unwrap()

@@ -21,6 +21,7 @@ async fn dev_server_prints_url_and_serves() {
             "2",
         ])
         .env("AGENTSERVER_HOME", home.path())
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

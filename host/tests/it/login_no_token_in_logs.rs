@@ -58,6 +58,8 @@ async fn login_register_and_refresh_log_no_token() {
     let request = SessionRequest {
         resume: None,
         continue_latest: false,
+        register_if_none: false,
+        device_login: true,
         server: Some(&server),
         name: Some("leak-check"),
         session_type: "claudecode",

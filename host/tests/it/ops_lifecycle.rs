@@ -65,6 +65,7 @@ async fn exit_if_unused_exits_zero_and_json_logs_hold_no_token() {
         .arg(&claude)
         .current_dir(&work)
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -75,6 +75,7 @@ fn status_command(home: &Path, json: bool) -> (i32, String, String) {
     }
     let out = cmd
         .env("AGENTSERVER_HOME", home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -149,6 +150,7 @@ async fn metrics_health_and_status_follow_a_running_host() {
         .arg(&claude)
         .current_dir(&work)
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(stderr)

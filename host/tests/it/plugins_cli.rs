@@ -13,6 +13,7 @@ fn agentserver(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agentserver"))
         .args(args)
         .env("AGENTSERVER_HOME", home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("HOME", home)
         .env_remove("RUST_LOG")
         .output()

@@ -52,6 +52,7 @@ impl Host {
             .arg(server.url())
             .current_dir(dir)
             .env("AGENTSERVER_HOME", dir.join("state"))
+            .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_HOST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -18,6 +18,7 @@ fn agentserver(home: &Path, args: &[&str]) -> (Output, bool) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentserver"));
     cmd.args(args)
         .env("AGENTSERVER_HOME", home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("HOME", home)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -224,6 +225,7 @@ fn concurrent_installs_of_one_plugin_all_succeed_and_clean_up() {
                 Command::new(env!("CARGO_BIN_EXE_agentserver"))
                     .args(["plugins", "install", src.to_str().unwrap()])
                     .env("AGENTSERVER_HOME", &home)
+                    .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
                     .env("HOME", &home)
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::piped())

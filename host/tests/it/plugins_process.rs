@@ -40,6 +40,7 @@ async fn a_crashing_out_of_process_plugin_fails_only_its_task() {
         .arg(server.url())
         .current_dir(tmp.path())
         .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -39,6 +39,7 @@ fn run_c_plugin(
         .arg(server.url())
         .current_dir(dir)
         .env("AGENTSERVER_HOME", dir.join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -179,6 +180,7 @@ async fn task_worker_runs_a_plugin_backend_through_the_registry() {
         .arg(&sandbox.proxy_token)
         .current_dir(tmp.path())
         .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -207,6 +209,7 @@ async fn run_with_an_unknown_backend_reports_the_plugins_own_error() {
         .arg(server.url())
         .current_dir(tmp.path())
         .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run agentserver");
@@ -222,6 +225,7 @@ async fn run_with_an_unknown_backend_reports_the_plugins_own_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_agentserver"))
         .args(["run", "--backend", "../evil"])
         .env("AGENTSERVER_HOME", tmp.path().join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .output()
         .expect("run agentserver");
     assert_eq!(out.status.code(), Some(2));

@@ -48,6 +48,7 @@ async fn run_registers_serves_a_task_and_drains_on_sigterm() {
         .arg(&claude)
         .current_dir(&work)
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -164,6 +165,7 @@ async fn register_card_is_posted_and_resume_keeps_the_sandbox_type() {
             .arg(server.url())
             .current_dir(dir.path())
             .env("AGENTSERVER_HOME", &home)
+            .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -63,6 +63,7 @@ async fn run_at_trace_logs_no_token() {
         .arg(&claude)
         .current_dir(&work)
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(stderr)

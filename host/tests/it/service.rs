@@ -10,6 +10,7 @@ fn agentserver(args: &[&str], cwd: &Path) -> Output {
         .args(args)
         .current_dir(cwd)
         .env("AGENTSERVER_HOME", cwd.join("state"))
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env_remove("RUST_LOG")
         .output()
         .unwrap()

@@ -161,6 +161,8 @@ fn request<'a>(cwd: &'a std::path::Path, ty: &'a str) -> SessionRequest<'a> {
     SessionRequest {
         resume: None,
         continue_latest: false,
+        register_if_none: false,
+        device_login: true,
         server: None,
         name: None,
         session_type: ty,
@@ -315,6 +317,8 @@ async fn continue_picks_the_newest_inactive_session_of_this_dir_and_type() {
         async move {
             let req = SessionRequest {
                 continue_latest: true,
+                register_if_none: false,
+                device_login: true,
                 ..request(std::path::Path::new(dir), ty)
             };
             choose_session(

@@ -174,25 +174,77 @@ impl Outcome {
     }
 }
 
+/// How a [`Host`] starts after its first start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// `--resume <sandbox id>` once the sandbox is known (the reliability scenarios).
+    Resume,
+    /// `--continue-or-register` every time, named `--name`, with extra variables (the fleet:
+    /// `AGENTSERVER_REFRESH_TOKEN`, no device login).
+    ContinueOrRegister {
+        /// `--name`.
+        name: String,
+        /// Extra environment variables.
+        env: Vec<(String, String)>,
+        /// Extra `run` arguments.
+        args: Vec<String>,
+    },
+}
+
+/// The variable a host start carries to its backend: `<name>#<start number>`, so a scripted
+/// `claude` can say which host process ran a task.
+pub const HOST_TAG_ENV: &str = "AGENTSERVER_TEST_HOST_TAG";
+
 /// One `agentserver run` process, restarted as needed, always serving the same sandbox.
-struct Host {
+pub struct Host {
     bin: PathBuf,
     server: String,
     root: PathBuf,
     claude: PathBuf,
     log: PathBuf,
-    sandbox_id: Option<String>,
+    restart: Restart,
+    /// The sandbox it serves, once known.
+    pub sandbox_id: Option<String>,
     child: Option<tokio::process::Child>,
-    starts: u32,
-    kills: u32,
+    /// Starts so far (the first included).
+    pub starts: u32,
+    /// SIGKILLs sent.
+    pub kills: u32,
 }
 
 impl Host {
-    fn home(&self) -> PathBuf {
+    /// A host (not started) running `bin` against `server` with the scripted `claude`, its
+    /// state under `root`.
+    pub fn new(bin: &Path, server: &str, root: &Path, claude: &Path, restart: Restart) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            server: server.to_owned(),
+            root: root.to_owned(),
+            claude: claude.to_owned(),
+            log: root.join("host.log"),
+            restart,
+            sandbox_id: None,
+            child: None,
+            starts: 0,
+            kills: 0,
+        }
+    }
+
+    /// The `--name` it registers with ([`Restart::ContinueOrRegister`] only).
+    pub fn restart_name(&self) -> Option<&String> {
+        match &self.restart {
+            Restart::ContinueOrRegister { name, .. } => Some(name),
+            Restart::Resume => None,
+        }
+    }
+
+    /// Its `AGENTSERVER_HOME`.
+    pub fn home(&self) -> PathBuf {
         self.root.join("agentserver-home")
     }
 
-    fn start(&mut self) -> anyhow::Result<()> {
+    /// Starts it (`--resume` once the sandbox is known, or `--continue-or-register`).
+    pub fn start(&mut self) -> anyhow::Result<()> {
         let work = self.root.join("work");
         std::fs::create_dir_all(&work)?;
         std::fs::create_dir_all(self.home())?;
@@ -208,13 +260,34 @@ impl Host {
             .arg(&self.claude)
             .arg("--work-dir")
             .arg(&work);
-        match &self.sandbox_id {
-            Some(id) => cmd.args(["--resume", id]),
-            None => cmd.args(["--backend", "claudecode", "--name", "bench-reliability"]),
+        match (&self.restart, &self.sandbox_id) {
+            (Restart::Resume, Some(id)) => {
+                cmd.args(["--resume", id]);
+            }
+            (Restart::Resume, None) => {
+                cmd.args(["--backend", "claudecode", "--name", "bench-reliability"]);
+            }
+            (Restart::ContinueOrRegister { name, env, args }, _) => {
+                cmd.args([
+                    "--backend",
+                    "claudecode",
+                    "--continue-or-register",
+                    "--name",
+                    name,
+                ])
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            }
+        }
+        let tag = match &self.restart {
+            Restart::ContinueOrRegister { name, .. } => format!("{name}#{}", self.starts + 1),
+            Restart::Resume => format!("host#{}", self.starts + 1),
         };
         let child = cmd
             .current_dir(&work)
+            .env(HOST_TAG_ENV, tag)
             .env("AGENTSERVER_HOME", self.home())
+            .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
             .env("HOME", &self.root)
             .env("RUST_LOG", "info")
             .env_remove("AGENTSERVER_SERVER")
@@ -230,7 +303,7 @@ impl Host {
     }
 
     /// SIGKILL, reaped.
-    async fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             if child.start_kill().is_ok() {
                 self.kills += 1;
@@ -240,7 +313,7 @@ impl Host {
     }
 
     /// Starts the host again if it is not running (killed, or it gave up on its own).
-    async fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
         let exited = match &mut self.child {
             Some(child) => child.try_wait()?.is_some(),
             None => true,
@@ -253,7 +326,7 @@ impl Host {
     }
 
     /// SIGTERM (drain), then SIGKILL if it does not exit within 20 s.
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::kill(
@@ -273,7 +346,7 @@ impl Host {
 
     /// Whether the host's state directory holds any trace of the task: a received marker, an
     /// outbox entry, or a rejected entry.
-    fn has_trace(&self, task_id: &str) -> bool {
+    pub fn has_trace(&self, task_id: &str) -> bool {
         let Some(sandbox) = &self.sandbox_id else {
             return false;
         };
@@ -284,14 +357,16 @@ impl Host {
             || dir.join("rejected").join(format!("{stem}.json")).exists()
     }
 
-    fn log_tail(&self, lines: usize) -> String {
+    /// The last `lines` lines of its output (all starts).
+    pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 
-fn verdict(task: &TaskRecord, host: &Host) -> Verdict {
+/// What became of `task`, served by `host`.
+pub fn verdict(task: &TaskRecord, host: &Host) -> Verdict {
     match task.final_updates().len() {
         1 => Verdict::Once,
         0 if task.status == "assigned"
@@ -339,17 +414,13 @@ pub async fn run_scenario(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755))?;
     }
-    let mut host = Host {
-        bin: agentserver.to_owned(),
-        server: mock.url(),
-        root: tmp.path().to_owned(),
-        claude,
-        log: tmp.path().join("host.log"),
-        sandbox_id: None,
-        child: None,
-        starts: 0,
-        kills: 0,
-    };
+    let mut host = Host::new(
+        agentserver,
+        &mock.url(),
+        tmp.path(),
+        &claude,
+        Restart::Resume,
+    );
     eprintln!("\n== reliability: {}", scenario.name);
 
     // First start, fault-free: log in, register, connect.

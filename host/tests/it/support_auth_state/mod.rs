@@ -28,6 +28,7 @@ pub async fn run_bin_with_stdin(home: &Path, args: &[&str], stdin: Option<&str>)
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentserver"));
     cmd.args(args)
         .env("AGENTSERVER_HOME", home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("HOME", home)
         .env_remove("AGENTSERVER_SERVER")
         .env_remove("RUST_LOG")

@@ -26,12 +26,19 @@
 //! It prints one row per scenario (tasks, exactly one final status, lost, lost in transit,
 //! duplicated) and exits non-zero when any scenario lost (in transit excepted) or duplicated
 //! a status. `--quick` runs each scenario with 8 tasks.
+//!
+//! `--only fleet` (never part of the default run either) runs the fleet simulation of
+//! [`agentserver_integration::fleet`]: ten `agentserver run` processes provisioned with
+//! `AGENTSERVER_REFRESH_TOKEN`, 1000 tasks, hosts SIGKILLed and restarted at random, tunnels
+//! killed by the server and windows of 503s; one row (tasks/s, poll-to-ack, lost, duplicated,
+//! run twice), non-zero exit when a task was lost, duplicated or run twice. `--quick`: 4 hosts,
+//! 40 tasks.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agentserver_integration::reliability;
+use agentserver_integration::{fleet, reliability};
 use agentserver_mock::{MockConfig, MockServer};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -150,7 +157,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "-h" | "--help" => {
                     eprintln!(
-                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle,reliability] [--quick]\n\
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle,reliability,fleet] [--quick]\n\
                          build first: {BUILD_CMD}"
                     );
                     std::process::exit(0);
@@ -443,6 +450,7 @@ async fn measure_idle(
     }
     let mut child = cmd
         .env("AGENTSERVER_HOME", &home)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("HOME", tmp.path())
         .env_remove("AGENTSERVER_SERVER")
         .stdin(Stdio::null())
@@ -672,6 +680,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut fleet_failed = false;
+    let mut fleet_table = None;
+    if options.named("fleet") {
+        match layout.sibling("agentserver") {
+            None => rows.extend(not_built("fleet")),
+            Some(agentserver) => {
+                let sizes = if options.quick {
+                    fleet::Sizes::QUICK
+                } else {
+                    fleet::Sizes::FULL
+                };
+                match fleet::run(&agentserver, &sizes).await {
+                    Ok(figures) => {
+                        fleet_failed = !figures.passed();
+                        fleet_table = Some(figures.table());
+                    }
+                    Err(err) => {
+                        fleet_failed = true;
+                        rows.push(Row::note("fleet", format!("failed: {err:#}")));
+                    }
+                }
+            }
+        }
+    }
+
     let total = started.elapsed();
     eprintln!();
     if !rows.is_empty() {
@@ -679,6 +712,10 @@ async fn main() -> anyhow::Result<()> {
         println!();
     }
     if let Some(table) = &reliability_table {
+        print!("{table}");
+        println!();
+    }
+    if let Some(table) = &fleet_table {
         print!("{table}");
         println!();
     }
@@ -697,6 +734,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if reliability_failed {
         anyhow::bail!("reliability: a scenario lost or duplicated a task status (see above)");
+    }
+    if fleet_failed {
+        anyhow::bail!("fleet: a task was lost, duplicated or run twice (see above)");
     }
     Ok(())
 }
