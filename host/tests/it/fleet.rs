@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::fleet_support::{Sizes, run};
+use agentserver_integration::fleet::{Sizes, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_hosts_under_kills_and_dropped_connections_run_every_task_once_on_one_host() {

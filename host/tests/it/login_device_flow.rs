@@ -1,6 +1,6 @@
 //! Device-flow login against the real mock agentserver over real sockets (spec §2).
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

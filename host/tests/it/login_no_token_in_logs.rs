@@ -1,7 +1,7 @@
 //! The whole login + register (+ refresh) flow with tracing at TRACE level captured: no token
 //! string appears in the logs. One test per file: it installs the global subscriber.
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

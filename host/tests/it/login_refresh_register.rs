@@ -1,6 +1,6 @@
 //! Token refresh (spec §2.6) and registration (§3.1) against the real mock agentserver.
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use agentserver::auth::{ReLoginReason, RegisterError};
 use agentserver::secret::Secret;

@@ -3,22 +3,7 @@
 //! instead of once per file; nextest still runs every test in its own process, so tests that
 //! install a global tracing subscriber keep that process to themselves.
 
-#[allow(dead_code)]
-#[path = "../../../tests/integration/src/fleet.rs"]
-mod fleet_support;
-/// The integration crate's opencode helpers (real binary, offline environment), shared by
-/// path: this crate cannot depend on that one. Only part of it is used here.
-#[allow(dead_code)]
-#[path = "../../../tests/integration/src/opencode_support.rs"]
-mod opencode_support;
-mod plugins_support;
-/// The integration crate's reliability host and fleet simulation, shared by path like
-/// `opencode_support` (the fleet test needs this crate's `agentserver` binary).
-#[allow(dead_code)]
-#[path = "../../../tests/integration/src/reliability.rs"]
-mod reliability;
-mod support_auth_state;
-mod support_run;
+mod support;
 
 mod cli_verbose;
 mod demo;

@@ -3,69 +3,35 @@
 //! `--log-format json` writes one JSON object a line on stderr, with no token in it, even at
 //! TRACE for every crate.
 
-use crate::support_run;
+use crate::support::run as support_run;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use agentserver_mock::{MockConfig, MockServer};
-use support_run::{expect_exit, pid_cleared, registered_sandbox, session_file};
+use support_run::{
+    RunDirs, collect_tokens, expect_exit, pid_cleared, registered_sandbox, session_file,
+};
 
 const FAKE_CLAUDE: &str = "#!/bin/sh\nread init; read user\n";
-
-/// Every string under a key ending in `token` in a JSON document.
-fn collect_tokens(value: &serde_json::Value, into: &mut Vec<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                match v.as_str() {
-                    Some(s) if key.ends_with("token") && !s.is_empty() => into.push(s.to_owned()),
-                    _ => collect_tokens(v, into),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_tokens(v, into)),
-        _ => {}
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_if_unused_exits_zero_and_json_logs_hold_no_token() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("state");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let claude = dir.path().join("claude");
-    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
-    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let stderr_path = dir.path().join("stderr.log");
+    let run = RunDirs::new(FAKE_CLAUDE);
+    let (dir, home) = (run.dir.path(), run.home.clone());
+    let stderr_path = dir.join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
 
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--backend",
-            "claudecode",
-            "--skip-open-browser",
-            "--poll-interval",
-            "0.2",
-            // 3 seconds.
-            "--exit-if-unused",
-            "0.05",
-        ])
-        .arg("--server")
-        .arg(server.url())
-        .arg("--claude-bin")
-        .arg(&claude)
-        .current_dir(&work)
-        .env("AGENTSERVER_HOME", &home)
-        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
+    // `--exit-if-unused 0.05`: 3 seconds.
+    let mut child = run
+        .run_command(
+            &server.url(),
+            &["--log-format", "json"],
+            &["--exit-if-unused", "0.05"],
+        )
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -3,7 +3,7 @@
 //! (`prometheus_client.parser`), `/healthz` turning 503 when the tunnel is refused, and
 //! `agentserver status` (table and `--json`) from another process, before and after the host.
 
-use crate::support_run;
+use crate::support::run as support_run;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agentserver_mock::{MockConfig, MockServer};
-use support_run::{expect_exit, registered_sandbox, sigterm, wait_agent_info};
+use support_run::{RunDirs, expect_exit, registered_sandbox, sigterm, wait_agent_info};
 
 const FAKE_CLAUDE: &str = r#"#!/bin/sh
 read init; read user
@@ -119,38 +119,17 @@ where
 async fn metrics_health_and_status_follow_a_running_host() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("state");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let claude = dir.path().join("claude");
-    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
-    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let run = RunDirs::new(FAKE_CLAUDE);
+    let (dir, home) = (run.dir.path(), run.home.clone());
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
 
     // Without a host, `status` says so and fails.
     let (code, _, text) = status_command(&home, false);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("No agentserver host is running"), "{text}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args([
-            "run",
-            "--backend",
-            "claudecode",
-            "--skip-open-browser",
-            "--poll-interval",
-            "0.2",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--server")
-        .arg(server.url())
-        .arg("--claude-bin")
-        .arg(&claude)
-        .current_dir(&work)
-        .env("AGENTSERVER_HOME", &home)
-        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
+    let mut child = run
+        .run_command(&server.url(), &[], &["--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -1,7 +1,7 @@
 //! `agentserver plugins install | list | inspect`, run as a real process with its own state
 //! directory (`AGENTSERVER_HOME`).
 
-use crate::plugins_support;
+use crate::support::plugins as plugins_support;
 
 use std::path::Path;
 use std::process::{Command, Output};

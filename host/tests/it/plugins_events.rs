@@ -8,8 +8,8 @@
 //! The plugins log "flood tick" at WARN after every 100 accepted events; the tests count those
 //! lines on the host's stderr to know how far the plugin got.
 
-use crate::plugins_support;
-use crate::support_run;
+use crate::support::plugins as plugins_support;
+use crate::support::run as support_run;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

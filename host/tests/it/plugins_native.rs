@@ -2,7 +2,7 @@
 //! here with the system C compiler against `agentserver_plugin.h`), loaded through discovery
 //! and the dispatcher's registry, plus the faults the loader must refuse.
 
-use crate::plugins_support;
+use crate::support::plugins as plugins_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 //! host goes on to the next task; a plugin that ignores cancellation is killed; the user's
 //! config can choose the mode too.
 
-use crate::plugins_support;
-use crate::support_run;
+use crate::support::plugins as plugins_support;
+use crate::support::run as support_run;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 //! (its call is abandoned, the task is reported, the process ends), and a second SIGTERM
 //! cancels a running task at once.
 
-use crate::plugins_support;
-use crate::support_run;
+use crate::support::plugins as plugins_support;
+use crate::support::run as support_run;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! The fixtures are WebAssembly text following the canonical ABI by hand, turned into
 //! components with `wat` + `wit-component` (no wasm32 toolchain exists on this machine).
 
-use crate::plugins_support;
+use crate::support::plugins as plugins_support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! connects the tunnel, runs a task with the claudecode backend (a scripted stand-in for the
 //! `claude` CLI), reports it once, and on SIGTERM drains, clears the session pid and exits 0.
 
-use crate::support_run;
+use crate::support::run as support_run;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agentserver_mock::{MockConfig, MockServer};
 use support_run::{
-    expect_exit, pid_cleared, registered_sandbox, session_file, sigterm, wait_agent_info,
+    RunDirs, expect_exit, pid_cleared, registered_sandbox, session_file, sigterm, wait_agent_info,
 };
 
 const FAKE_CLAUDE: &str = r#"#!/bin/sh
@@ -25,30 +25,11 @@ echo '{"type":"result","subtype":"success","is_error":false,"result":"all done",
 async fn run_registers_serves_a_task_and_drains_on_sigterm() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("state");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let claude = dir.path().join("claude");
-    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
-    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = RunDirs::new(FAKE_CLAUDE);
+    let (home, work) = (run.home.clone(), run.work.clone());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args([
-            "run",
-            "--backend",
-            "claudecode",
-            "--skip-open-browser",
-            "--poll-interval",
-            "0.2",
-        ])
-        .arg("--server")
-        .arg(server.url())
-        .arg("--claude-bin")
-        .arg(&claude)
-        .current_dir(&work)
-        .env("AGENTSERVER_HOME", &home)
-        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
+    let mut child = run
+        .run_command(&server.url(), &[], &[])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,7 +4,7 @@
 //! mounts a Secret (`AGENTSERVER_CREDENTIALS_FILE`), and neither (fails fast, saying what to
 //! provision). No device login happens in any of them.
 
-use crate::support_run;
+use crate::support::run as support_run;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

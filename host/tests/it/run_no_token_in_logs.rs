@@ -2,14 +2,15 @@
 //! hyper, reqwest, h2, rustls…), through the device login, registration, the tunnel and one task
 //! with its bridge session: no token that crossed the wire appears anywhere in its stderr.
 
-use crate::support_run;
+use crate::support::run as support_run;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use agentserver_mock::{MockConfig, MockServer};
-use support_run::{expect_exit, registered_sandbox, sigterm, wait_agent_info};
+use support_run::{
+    RunDirs, collect_tokens, expect_exit, registered_sandbox, sigterm, wait_agent_info,
+};
 
 const FAKE_CLAUDE: &str = r#"#!/bin/sh
 read init; read user
@@ -17,53 +18,18 @@ echo '{"type":"system","subtype":"init","session_id":"s1","uuid":"u-1"}'
 echo '{"type":"result","subtype":"success","is_error":false,"result":"all done","num_turns":1,"uuid":"u-2"}'
 "#;
 
-/// Every string under a key ending in `token` in a JSON document (the credentials file).
-fn collect_tokens(value: &serde_json::Value, into: &mut Vec<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                match v.as_str() {
-                    Some(s) if key.ends_with("token") && !s.is_empty() => into.push(s.to_owned()),
-                    _ => collect_tokens(v, into),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_tokens(v, into)),
-        _ => {}
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_at_trace_logs_no_token() {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     let mock = server.state();
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("state");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let claude = dir.path().join("claude");
-    std::fs::write(&claude, FAKE_CLAUDE).unwrap();
-    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = RunDirs::new(FAKE_CLAUDE);
+    let (dir, home) = (run.dir.path(), run.home.clone());
     // TRACE output is large: to a file, so a full pipe can never stall the host.
-    let stderr_path = dir.path().join("stderr.log");
+    let stderr_path = dir.join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentserver"))
-        .args([
-            "run",
-            "--backend",
-            "claudecode",
-            "--skip-open-browser",
-            "--poll-interval",
-            "0.2",
-        ])
-        .arg("--server")
-        .arg(server.url())
-        .arg("--claude-bin")
-        .arg(&claude)
-        .current_dir(&work)
-        .env("AGENTSERVER_HOME", &home)
-        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
+    let mut child = run
+        .run_command(&server.url(), &[], &[])
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -8,8 +8,7 @@
 //! The binary comes from `.npm-clis` (`bash scripts/install-test-deps.sh`, run by `.ci/run`);
 //! when it is missing the test fails with that instruction.
 
-use crate::opencode_support;
-use crate::support_run;
+use crate::support::run as support_run;
 
 use std::io::Read;
 use std::path::Path;
@@ -17,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agentserver_integration::opencode_support::{offline_env, real_opencode, seed_home};
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
-use opencode_support::{offline_env, real_opencode, seed_home};
 use serde_json::Value;
 use support_run::{sigterm, wait_exit};
 

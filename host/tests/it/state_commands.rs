@@ -1,6 +1,6 @@
 //! `agentserver list` and `agentserver remove`, run as the real binary (spec §13, §4.1).
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use std::time::Duration;
 

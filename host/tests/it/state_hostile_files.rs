@@ -2,7 +2,7 @@
 //! symlinks among the session files, loose modes, unreadable credentials, and starts that
 //! cannot save their session, all with the real binary and real files.
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Session files (spec §4.2, §5): never seen half-written, `--resume` refuses a live session,
 //! `--continue` picks the right one, the pid is cleared after a clean exit.
 
-use crate::support_auth_state;
+use crate::support::auth_state as support_auth_state;
 
 use std::io::{BufRead, BufReader, Write};
 

@@ -2,8 +2,7 @@
 //! `scripts/install-test-deps.sh`), run offline against the fake LLM with an isolated HOME
 //! pre-seeded as `../shared/spec/real-clis.md` describes.
 //!
-//! `host/tests/run_opencode.rs` includes this file too (`#[path]`): the host's tests cannot
-//! depend on this crate, which depends on the host.
+//! The host's tests use it too (`host/tests/it/run_opencode.rs`, through a dev-dependency).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -89,3 +89,84 @@ pub fn session_file(state_dir: &Path, sandbox_id: &str) -> serde_json::Value {
 pub fn pid_cleared(session: &serde_json::Value) -> bool {
     session.get("pid").is_none_or(|p| p.is_null() || p == 0)
 }
+
+/// A scratch place for one `agentserver run` with the claudecode backend: a state directory,
+/// a work directory and a stand-in `claude` script.
+pub struct RunDirs {
+    /// Holds everything; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// `AGENTSERVER_HOME`.
+    pub home: std::path::PathBuf,
+    /// The run's working directory.
+    pub work: std::path::PathBuf,
+    /// The stand-in `claude` (executable).
+    pub claude: std::path::PathBuf,
+}
+
+impl RunDirs {
+    /// Creates the directories and writes `fake_claude` as the `claude` script.
+    pub fn new(fake_claude: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("state");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let claude = dir.path().join("claude");
+        std::fs::write(&claude, fake_claude).unwrap();
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self {
+            dir,
+            home,
+            work,
+            claude,
+        }
+    }
+
+    /// `agentserver <global…> run --backend claudecode --skip-open-browser --poll-interval 0.2
+    /// <run_args…> --server URL --claude-bin CLAUDE`, in the work directory, with this state
+    /// directory and device logins allowed without a terminal. The caller sets `RUST_LOG` and
+    /// where stdout and stderr go, then spawns it.
+    pub fn run_command(
+        &self,
+        server_url: &str,
+        global: &[&str],
+        run_args: &[&str],
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agentserver"));
+        cmd.args(global)
+            .args([
+                "run",
+                "--backend",
+                "claudecode",
+                "--skip-open-browser",
+                "--poll-interval",
+                "0.2",
+            ])
+            .args(run_args)
+            .arg("--server")
+            .arg(server_url)
+            .arg("--claude-bin")
+            .arg(&self.claude)
+            .current_dir(&self.work)
+            .env("AGENTSERVER_HOME", &self.home)
+            .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1");
+        cmd
+    }
+}
+
+/// Every string under a key ending in `token` in a JSON document (a credentials file, a
+/// session file).
+pub fn collect_tokens(value: &serde_json::Value, into: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match v.as_str() {
+                    Some(s) if key.ends_with("token") && !s.is_empty() => into.push(s.to_owned()),
+                    _ => collect_tokens(v, into),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_tokens(v, into)),
+        _ => {}
+    }
+}
