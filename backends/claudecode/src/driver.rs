@@ -13,9 +13,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
+use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskOutcome};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -24,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ClaudeCodeConfig;
 use crate::io::{LineItem, read_lines};
-use crate::protocol::{
-    Peek, ResultInfo, claude_args, control_response, initialize_request, user_message,
-};
+use crate::protocol::{claude_args, initialize_request, user_message};
+use crate::turn::{LineStep, Turn, final_outcome};
 use agentserver_common::process::{Detach, StderrTail, StopLadder, collect_tail, isolate, sweep};
 
 /// How a task run ended, seen from the process side.
@@ -207,29 +205,19 @@ async fn supervise(
     let (line_tx, mut line_rx) = mpsc::channel::<LineItem>(16);
     let reader = tokio::spawn(read_lines(stdout, config.max_line_bytes, line_tx));
 
-    let mut result: Option<ResultInfo> = None;
-    let mut result_at: Option<Instant> = None;
-    let mut exited: Option<(ExitStatus, Instant)> = None;
-    let mut last_line_at = Instant::now();
+    let mut turn = Turn::new(Instant::now());
     let mut sink_open = true;
     let mut wait_failed = false;
 
     let ending = 'main: loop {
-        let deadline = match (exited, result_at) {
-            // Exited: drain stdout until it has been quiet for a while (bounded).
-            (Some((_, at)), _) => (at.max(last_line_at) + config.post_result_exit_timeout)
-                .min(at + config.idle_timeout.max(config.post_result_exit_timeout)),
-            (None, Some(at)) => at + config.post_result_exit_timeout,
-            (None, None) => last_line_at + config.idle_timeout,
-        };
         let item = tokio::select! {
             biased;
             _ = cancel.cancelled() => break 'main Ending::Cancelled,
-            status = child.wait(), if exited.is_none() && !wait_failed => {
+            status = child.wait(), if turn.exited.is_none() && !wait_failed => {
                 match status {
                     Ok(status) => {
                         tracing::debug!(pid, %status, "claude exited");
-                        exited = Some((status, Instant::now()));
+                        turn.on_exit(status, Instant::now());
                     }
                     Err(err) => {
                         tracing::warn!(%err, "waiting for claude failed");
@@ -238,101 +226,36 @@ async fn supervise(
                 }
                 continue;
             }
-            item = timeout_at(deadline, line_rx.recv()) => item,
+            item = timeout_at(turn.deadline(config), line_rx.recv()) => item,
         };
         let item = match item {
-            Err(_elapsed) => {
-                break match (exited, result.is_some()) {
-                    // Exited, but something it started still holds stdout open.
-                    (Some(_), _) => Ending::Exited,
-                    (None, true) => Ending::NoExitAfterResult,
-                    (None, false) => Ending::IdleTimeout,
-                };
-            }
+            Err(_elapsed) => break turn.on_quiet(),
             Ok(None) => {
                 tracing::debug!(pid, "claude closed stdout");
-                // stdout closed: wait for the exit.
-                if exited.is_some() {
-                    break Ending::Exited;
-                }
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled(), if result.is_none() => break 'main Ending::Cancelled,
-                    status = timeout(config.post_result_exit_timeout, child.wait()) => {
-                        match status {
-                            Ok(Ok(status)) => {
-                                exited = Some((status, Instant::now()));
-                                break Ending::Exited;
-                            }
-                            _ if result.is_some() => break Ending::NoExitAfterResult,
-                            _ => break Ending::NoExit,
-                        }
-                    }
-                }
+                break wait_after_stdout_closed(child, &mut turn, cancel, config).await;
             }
             Ok(Some(item)) => item,
         };
-        last_line_at = Instant::now();
-        let text = match item {
-            LineItem::Text(text) => text,
-            LineItem::Blank => {
-                stats.blank_lines += 1;
-                continue;
-            }
-            LineItem::NotUtf8 => {
-                stats.invalid_lines += 1;
-                continue;
-            }
-            LineItem::Oversized(len) => {
-                stats.oversized_lines += 1;
-                tracing::warn!(len, "skipped an oversized stdout line from claude");
-                continue;
-            }
-            LineItem::Failed(err) => {
-                tracing::warn!(%err, "reading claude's stdout failed");
-                continue;
-            }
-        };
-        let Some(peek) = Peek::parse(&text) else {
-            stats.invalid_lines += 1;
-            tracing::debug!(line = %truncate(&text, 200), "skipped a non-JSON stdout line from claude");
-            continue;
-        };
-        match peek.kind() {
-            Some("control_request") => {
-                stats.control_requests += 1;
-                let answer = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| control_response(&v));
-                if let (Some(answer), Some(tx)) = (answer, stdin_tx.as_ref()) {
+        let event = match turn.on_line(item, Instant::now(), stats) {
+            LineStep::Skip => continue,
+            LineStep::Answer(answer) => {
+                if let Some(tx) = stdin_tx.as_ref() {
                     let _ = tx.send(answer);
                 }
                 continue;
             }
-            Some("result") if result.is_none() => {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    result = Some(ResultInfo::from_value(&v));
-                    result_at = Some(Instant::now());
-                    stats.saw_result = true;
+            LineStep::Emit { event, close_stdin } => {
+                if close_stdin {
                     tracing::debug!(pid, "result received; closing claude's stdin");
-                    // One-shot query: closing stdin lets the CLI exit.
                     stdin_tx = None;
                 }
-            }
-            _ => {}
-        }
-        let event = match TaskEvent::from_json(&text) {
-            Ok(event) => event,
-            Err(_) => {
-                stats.invalid_lines += 1;
-                continue;
+                event
             }
         };
-        stats.events += 1;
         if sink_open {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if result.is_none() => break 'main Ending::Cancelled,
+                _ = cancel.cancelled(), if turn.result.is_none() => break 'main Ending::Cancelled,
                 delivered = events.emit(event) => {
                     if !delivered {
                         tracing::debug!("the host stopped listening for events");
@@ -347,7 +270,7 @@ async fn supervise(
     // Wind down: close stdin, stop the process (group) as needed.
     drop(stdin_tx);
     let status = match ending {
-        Ending::Exited => exited.map(|(s, _)| s),
+        Ending::Exited => turn.exited.map(|(s, _)| s),
         Ending::Cancelled => {
             writer.abort();
             terminate(child, pid, Some(config.stdin_close_grace), config, stats).await
@@ -381,54 +304,43 @@ async fn supervise(
         let tail = crate::lock(&ring).tail(config.stderr_in_failure_bytes);
         String::from_utf8_lossy(&tail).trim().to_owned()
     };
-    let stderr_tail = if stderr_text.is_empty() {
-        String::new()
-    } else {
-        format!("; stderr: {stderr_text}")
-    };
-    if let Some(result) = &result {
-        if ending == Ending::NoExitAfterResult {
-            tracing::warn!(
-                pid,
-                "claude did not exit after its result; its process group was killed"
-            );
-        }
-        let mut outcome = result.to_outcome();
-        // An API error's result says which status; what the CLI wrote to stderr (retries,
-        // the proxy's answer) may say more. Turn or budget limits need nothing more.
-        if outcome.status == TaskStatus::Failed
-            && result.is_api_error()
-            && let Some(reason) = outcome.failure_reason.as_mut()
-            && !stderr_text.is_empty()
-            && !reason.contains(&stderr_text)
-        {
-            reason.push_str(&stderr_tail);
-        }
-        return outcome;
+    if turn.result.is_some() && ending == Ending::NoExitAfterResult {
+        tracing::warn!(
+            pid,
+            "claude did not exit after its result; its process group was killed"
+        );
     }
-    let exit = stats
-        .exit_status
-        .clone()
-        .unwrap_or_else(|| "an unknown status".to_owned());
-    match ending {
-        Ending::Cancelled => TaskOutcome::cancelled("task cancelled"),
-        Ending::IdleTimeout => TaskOutcome::failed(
-            FailureKind::System,
-            format!(
-                "claude printed nothing for {}s before its result (stuck mid-turn) and was killed{stderr_tail}",
-                config.idle_timeout.as_secs_f64()
-            ),
-        ),
-        Ending::NoExit => TaskOutcome::failed(
-            FailureKind::System,
-            format!(
-                "claude closed its output without a result and did not exit; killed{stderr_tail}"
-            ),
-        ),
-        _ => TaskOutcome::failed(
-            FailureKind::System,
-            format!("claude exited with {exit} without a result message{stderr_tail}"),
-        ),
+    final_outcome(
+        ending,
+        turn.result.as_ref(),
+        stats.exit_status.as_deref(),
+        &stderr_text,
+        config.idle_timeout,
+    )
+}
+
+/// stdout closed: waits (bounded) for the exit; a cancellation still counts until the result
+/// came.
+async fn wait_after_stdout_closed(
+    child: &mut Child,
+    turn: &mut Turn,
+    cancel: &CancellationToken,
+    config: &ClaudeCodeConfig,
+) -> Ending {
+    if turn.exited.is_some() {
+        return Ending::Exited;
+    }
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled(), if turn.result.is_none() => Ending::Cancelled,
+        status = timeout(config.post_result_exit_timeout, child.wait()) => match status {
+            Ok(Ok(status)) => {
+                turn.on_exit(status, Instant::now());
+                Ending::Exited
+            }
+            _ if turn.result.is_some() => Ending::NoExitAfterResult,
+            _ => Ending::NoExit,
+        },
     }
 }
 
@@ -458,7 +370,7 @@ async fn terminate(
     stopped.status
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -34,6 +34,7 @@ mod mcp_config;
 pub use agentserver_common::process;
 mod protocol;
 mod terminal;
+mod turn;
 
 pub use card::{AGENT_CARD_DESCRIPTION, AGENT_CARD_PATH, agent_card_body};
 pub use config::{ClaudeCodeConfig, TerminalConfig};
