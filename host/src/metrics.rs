@@ -350,7 +350,7 @@ impl Metrics {
             IntakeEvent::Finished {
                 task_id, status, ..
             } => {
-                let outcome = status.status.clone();
+                let outcome = status.status.to_string();
                 f.tasks_finished
                     .get_or_create(&OutcomeLabels {
                         sandbox: label.sandbox.clone(),

@@ -29,6 +29,7 @@ use url::Url;
 pub mod api;
 mod config;
 mod driver;
+pub mod events;
 pub mod server;
 pub mod sse;
 pub mod translate;

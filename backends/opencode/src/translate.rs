@@ -12,6 +12,9 @@ use std::time::Instant;
 use agentserver_plugin_api::{FailureKind, TaskOutcome};
 use serde_json::{Value, json};
 
+pub use crate::events::event_session;
+use crate::events::{Event, SessionState};
+
 /// What the driver must do after an event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Signal {
@@ -123,15 +126,6 @@ pub struct Translator {
 
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// The session a `/event` payload belongs to, if any.
-pub fn event_session(event: &Value) -> Option<&str> {
-    let p = &event["properties"];
-    p["sessionID"]
-        .as_str()
-        .or_else(|| p["part"]["sessionID"].as_str())
-        .or_else(|| p["info"]["sessionID"].as_str())
 }
 
 impl Translator {
@@ -251,76 +245,75 @@ impl Translator {
         if event_session(event) != Some(self.session_id.as_str()) {
             return (Vec::new(), Signal::None);
         }
-        let p = &event["properties"];
         let mut out = Vec::new();
-        let signal = match event["type"].as_str().unwrap_or("") {
-            "message.updated" => {
-                let info = &p["info"];
-                if let Some(id) = info["id"].as_str() {
-                    if info["role"] == "user" {
-                        self.user_messages.insert(id.to_owned());
-                    } else if info["role"] == "assistant" {
-                        self.busy_seen = true;
-                        if let (Some(provider), Some(model)) =
-                            (info["providerID"].as_str(), info["modelID"].as_str())
-                        {
-                            self.model = format!("{provider}/{model}");
+        let signal = match Event::parse(event) {
+            Event::MessageUpdated { id, role, model } => {
+                if let Some(id) = id {
+                    match role.as_deref() {
+                        Some("user") => {
+                            self.user_messages.insert(id);
                         }
+                        Some("assistant") => {
+                            self.busy_seen = true;
+                            if let Some((provider, model)) = model {
+                                self.model = format!("{provider}/{model}");
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Signal::None
             }
-            "message.part.updated" => {
-                self.on_part(&p["part"], &mut out);
+            Event::PartUpdated { part } => {
+                self.on_part(&part, &mut out);
                 Signal::None
             }
-            "message.part.delta" => {
-                if p["field"] == "text"
-                    && let (Some(part), Some(delta)) = (p["partID"].as_str(), p["delta"].as_str())
-                    && let Some(entry) = self.pending.get_mut(part)
+            Event::PartDelta {
+                field,
+                part_id,
+                delta,
+            } => {
+                if field.as_deref() == Some("text")
+                    && let (Some(part), Some(delta)) = (part_id, delta)
+                    && let Some(entry) = self.pending.get_mut(&part)
                 {
-                    entry.2.push_str(delta);
+                    entry.2.push_str(&delta);
                 }
                 Signal::None
             }
-            "session.status" => match p["status"]["type"].as_str() {
-                Some("busy") => {
-                    self.busy_seen = true;
-                    Signal::None
-                }
-                Some("retry") => {
-                    self.busy_seen = true;
-                    out.push(json!({
-                        "type": "system",
-                        "subtype": "api_retry",
-                        "attempt": p["status"]["attempt"],
-                        "error": p["status"]["message"],
-                        "next_retry_at_ms": p["status"]["next"],
-                        "session_id": self.session_id,
-                        "uuid": uuid(),
-                    }));
-                    Signal::None
-                }
-                Some("idle") => self.idle_signal(),
-                _ => Signal::None,
-            },
-            "session.idle" => self.idle_signal(),
-            "session.error" => {
-                let error = SessionError::from_value(&p["error"]);
+            Event::SessionStatus(SessionState::Busy) => {
+                self.busy_seen = true;
+                Signal::None
+            }
+            Event::SessionStatus(SessionState::Retry {
+                attempt,
+                message,
+                next,
+            }) => {
+                self.busy_seen = true;
+                out.push(json!({
+                    "type": "system",
+                    "subtype": "api_retry",
+                    "attempt": attempt,
+                    "error": message,
+                    "next_retry_at_ms": next,
+                    "session_id": self.session_id,
+                    "uuid": uuid(),
+                }));
+                Signal::None
+            }
+            Event::SessionStatus(SessionState::Idle) | Event::SessionIdle => self.idle_signal(),
+            Event::SessionError { error } => {
+                let error = SessionError::from_value(&error);
                 // Keep the first real error: an abort that follows it changes nothing.
                 if self.error.as_ref().is_none_or(SessionError::is_abort) {
                     self.error = Some(error);
                 }
                 Signal::None
             }
-            "permission.asked" => Signal::PermissionAsked {
-                id: p["id"].as_str().unwrap_or_default().to_owned(),
-                permission: p["permission"].as_str().unwrap_or_default().to_owned(),
-            },
-            "question.asked" => Signal::QuestionAsked {
-                id: p["id"].as_str().unwrap_or_default().to_owned(),
-            },
-            _ => Signal::None,
+            Event::PermissionAsked { id, permission } => Signal::PermissionAsked { id, permission },
+            Event::QuestionAsked { id } => Signal::QuestionAsked { id },
+            Event::SessionStatus(SessionState::Other) | Event::Other => Signal::None,
         };
         (out, signal)
     }

@@ -76,16 +76,58 @@ impl PolledTask {
     }
 }
 
+/// A task's final status (spec §8.3). This host reports `completed` or `failed` (a cancelled
+/// task is reported `failed` with its reason); `cancelled` is what the server may hold when
+/// someone cancelled the task there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalStatus {
+    /// The task finished its work.
+    Completed,
+    /// The task could not finish (its `failure_reason` says why).
+    Failed,
+    /// The task was cancelled on the server.
+    Cancelled,
+}
+
+impl FinalStatus {
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalStatus::Completed => "completed",
+            FinalStatus::Failed => "failed",
+            FinalStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The final status a server's task status names, or `None` for a status that is not
+    /// final (`pending`, `assigned`, `running`, anything unknown).
+    pub fn from_wire(status: &str) -> Option<Self> {
+        match status {
+            "completed" => Some(FinalStatus::Completed),
+            "failed" => Some(FinalStatus::Failed),
+            "cancelled" => Some(FinalStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FinalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether a task status is final (`completed`, `failed`, `cancelled`).
 pub fn is_final_status(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
+    FinalStatus::from_wire(status).is_some()
 }
 
 /// The body of `PUT /api/agent/tasks/{id}/status` (spec §8.3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusBody {
     /// `completed` or `failed`.
-    pub status: String,
+    pub status: FinalStatus,
     /// Result text of a completed task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -146,7 +188,7 @@ impl StatusBody {
     /// `{"status":"failed","failure_reason":…}`.
     pub fn failed(reason: impl Into<String>) -> Self {
         Self {
-            status: "failed".into(),
+            status: FinalStatus::Failed,
             result: None,
             total_cost_usd: None,
             num_turns: None,

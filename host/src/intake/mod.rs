@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use bridge::BridgeTimings;
-pub use client::{PolledTask, StatusBody, TaskTimeouts};
+pub use client::{FinalStatus, PolledTask, StatusBody, TaskTimeouts};
 pub use runner::{
     INTERRUPT_REASON, NOT_STARTED_REASON, ORPHAN_REASON, SHUTDOWN_REASON, SYSTEM_PREFIX,
     failure_reason,

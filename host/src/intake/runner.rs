@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::bridge::{
     BridgeError, BridgeSession, BridgeTimings, Inbound, InboundHandler, MAX_BATCH, WorkerState,
 };
-use super::client::{PolledTask, StatusBody};
+use super::client::{FinalStatus, PolledTask, StatusBody};
 use super::{IntakeEvent, Shared};
 use agentserver_common::backoff::{Backoff, BackoffPolicy};
 
@@ -240,7 +240,7 @@ fn decide(shared: &Shared, result: ExecResult, ctl: &TaskCtl) -> StatusBody {
     };
     match result {
         ExecResult::Outcome(o) if o.status == TaskStatus::Completed => StatusBody {
-            status: "completed".into(),
+            status: FinalStatus::Completed,
             result: o.result,
             total_cost_usd: o.total_cost_usd,
             num_turns: o.num_turns,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use agentserver::intake::StatusBody;
 use agentserver::intake::outbox::{OUTBOX_VERSION, Outbox, OutboxEntry};
+use agentserver::intake::{FinalStatus, StatusBody};
 use agentserver::state::{Session, SessionStore};
 use agentserver::worker::spawn_leftover_flush;
 use agentserver_mock::{MockConfig, MockServer};
@@ -46,7 +46,7 @@ async fn a_new_host_delivers_an_old_sessions_statuses() {
             server: server.url(),
             finished_at: "2026-11-25T00:00:00Z".into(),
             body: StatusBody {
-                status: "completed".into(),
+                status: FinalStatus::Completed,
                 result: Some("done".into()),
                 total_cost_usd: Some(0.1),
                 num_turns: Some(1),

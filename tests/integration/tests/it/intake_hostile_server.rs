@@ -368,7 +368,7 @@ async fn a_flush_never_sends_what_a_live_host_is_delivering() {
             server: env.mock.url(),
             finished_at: "2026-12-01T00:00:00Z".into(),
             body: agentserver::intake::StatusBody {
-                status: "completed".into(),
+                status: agentserver::intake::FinalStatus::Completed,
                 result: Some("once".into()),
                 total_cost_usd: None,
                 num_turns: None,

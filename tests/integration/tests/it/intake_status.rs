@@ -129,7 +129,7 @@ async fn a_replayed_entry_is_not_sent_again_when_the_server_has_a_final_status()
             server: env.mock.url(),
             finished_at: "2026-11-25T00:00:00Z".into(),
             body: StatusBody {
-                status: "failed".into(),
+                status: agentserver::intake::FinalStatus::Failed,
                 result: None,
                 total_cost_usd: None,
                 num_turns: None,
