@@ -16,6 +16,22 @@ use crate::config::{OpencodeConfig, PermissionPolicy};
 use crate::sse::SseDecoder;
 use crate::translate::{Ending, Signal, Translator};
 
+/// opencode's `/event` response body.
+type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// How a task ends when the event stream fails (`Some(error)`) or ends (`None`) before the
+/// session went idle.
+fn stream_broken(error: Option<reqwest::Error>) -> Ending {
+    match error {
+        Some(e) => Ending::Broken(format!("opencode event stream failed: {e}")),
+        None => Ending::Broken(
+            "opencode event stream ended before the session went idle (did opencode stop?)"
+                .to_owned(),
+        ),
+    }
+}
+
 /// How long to wait for the first event (`server.connected`) of the `/event` stream.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -77,33 +93,10 @@ impl Run<'_> {
         let system = |what: String| TaskOutcome::failed(FailureKind::System, what);
 
         // 1. Subscribe first, so that no event of the session can be missed.
-        let response = tokio::select! {
-            r = self.api.events(self.base, &directory) => match r {
-                Ok(r) => r,
-                Err(e) => return system(format!("opencode: {e}")),
-            },
-            _ = cancel.cancelled() => return TaskOutcome::cancelled("cancelled before start"),
+        let (mut stream, mut decoder, backlog) = match self.subscribe(&directory, &cancel).await {
+            Ok(subscribed) => subscribed,
+            Err(outcome) => return outcome,
         };
-        let mut stream = response.bytes_stream();
-        let mut decoder = SseDecoder::new();
-        let mut backlog: Vec<String> = Vec::new();
-        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            while backlog.is_empty() {
-                match stream.next().await {
-                    Some(Ok(bytes)) => backlog.extend(decoder.push(&bytes)),
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("the stream ended".to_owned()),
-                }
-            }
-            Ok(())
-        });
-        let subscribed = tokio::select! {
-            r = first => r.unwrap_or_else(|_| Err(format!("no event within {SUBSCRIBE_TIMEOUT:?}"))),
-            _ = cancel.cancelled() => return TaskOutcome::cancelled("cancelled before start"),
-        };
-        if let Err(e) = subscribed {
-            return system(format!("opencode: GET /event: {e}"));
-        }
 
         // 2. A session in the task's directory.
         let title = format!("agentserver task {}", task.task_id);
@@ -159,23 +152,10 @@ impl Run<'_> {
                 for v in &out {
                     emit(&events, v).await;
                 }
-                match signal {
-                    Signal::Idle => break 'outer aborting.clone().unwrap_or(Ending::Idle),
-                    Signal::PermissionAsked { id, permission } => {
-                        self.answer_permission(&id, &permission, &directory).await;
-                    }
-                    Signal::QuestionAsked { id } => {
-                        tracing::info!(%session, %id, "opencode asked a question; a task cannot answer, rejecting it");
-                        if let Err(e) = self
-                            .api
-                            .reject_question(self.base, &id, &directory, self.config.api_timeout)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "could not reject opencode's question");
-                        }
-                    }
-                    Signal::None => {}
+                if signal == Signal::Idle {
+                    break 'outer aborting.clone().unwrap_or(Ending::Idle);
                 }
+                self.answer(signal, &session, &directory).await;
                 if aborting.is_none()
                     && let Some(limit) = self.limit_reached(&task, &tr)
                 {
@@ -190,20 +170,7 @@ impl Run<'_> {
             tokio::select! {
                 chunk = stream.next() => match chunk {
                     Some(Ok(bytes)) => pending = decoder.push(&bytes),
-                    Some(Err(e)) => {
-                        break aborting.clone().unwrap_or_else(|| {
-                            Ending::Broken(format!("opencode event stream failed: {e}"))
-                        });
-                    }
-                    None => {
-                        break aborting.clone().unwrap_or_else(|| {
-                            Ending::Broken(
-                                "opencode event stream ended before the session went idle \
-                                 (did opencode stop?)"
-                                    .to_owned(),
-                            )
-                        });
-                    }
+                    end => break aborting.clone().unwrap_or_else(|| stream_broken(end.and_then(Result::err))),
                 },
                 _ = cancel.cancelled(), if aborting.is_none() => {
                     tracing::info!(task = %task.task_id, %session, "task cancelled; aborting the opencode session");
@@ -227,6 +194,61 @@ impl Run<'_> {
         }
         tracing::info!(task = %task.task_id, %session, status = ?outcome.status, "opencode task finished");
         outcome
+    }
+
+    /// Opens the `/event` stream in `directory` and waits (bounded) for its first event, so
+    /// that nothing of the session to come can be missed. Returns the stream, its decoder and
+    /// the payloads already read; or the outcome when that fails or the task is cancelled.
+    async fn subscribe(
+        &self,
+        directory: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(EventStream, SseDecoder, Vec<String>), TaskOutcome> {
+        let system = |what: String| TaskOutcome::failed(FailureKind::System, what);
+        let response = tokio::select! {
+            r = self.api.events(self.base, directory) => r.map_err(|e| system(format!("opencode: {e}")))?,
+            _ = cancel.cancelled() => return Err(TaskOutcome::cancelled("cancelled before start")),
+        };
+        let mut stream: EventStream = Box::pin(response.bytes_stream());
+        let mut decoder = SseDecoder::new();
+        let mut backlog: Vec<String> = Vec::new();
+        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+            while backlog.is_empty() {
+                match stream.next().await {
+                    Some(Ok(bytes)) => backlog.extend(decoder.push(&bytes)),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the stream ended".to_owned()),
+                }
+            }
+            Ok(())
+        });
+        let subscribed = tokio::select! {
+            r = first => r.unwrap_or_else(|_| Err(format!("no event within {SUBSCRIBE_TIMEOUT:?}"))),
+            _ = cancel.cancelled() => return Err(TaskOutcome::cancelled("cancelled before start")),
+        };
+        subscribed.map_err(|e| system(format!("opencode: GET /event: {e}")))?;
+        Ok((stream, decoder, backlog))
+    }
+
+    /// Answers what opencode asked for: a permission by the policy; a question is rejected
+    /// (nobody can answer a task's questions).
+    async fn answer(&self, signal: Signal, session: &str, directory: &str) {
+        match signal {
+            Signal::PermissionAsked { id, permission } => {
+                self.answer_permission(&id, &permission, directory).await;
+            }
+            Signal::QuestionAsked { id } => {
+                tracing::info!(%session, %id, "opencode asked a question; a task cannot answer, rejecting it");
+                if let Err(e) = self
+                    .api
+                    .reject_question(self.base, &id, directory, self.config.api_timeout)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not reject opencode's question");
+                }
+            }
+            Signal::Idle | Signal::None => {}
+        }
     }
 
     fn limit_reached(&self, task: &Task, tr: &Translator) -> Option<Ending> {

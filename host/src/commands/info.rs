@@ -62,7 +62,20 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
         "agentserver {} — what the server learns about this machine\n",
         info.agent_version
     );
+    system_section(&mut out, info, system);
+    runtimes_section(&mut out, report);
+    gpu_section(&mut out, report);
+    let _ = writeln!(
+        out,
+        "\nAll probes run concurrently, {} s timeout each; capabilities took {} ms in total.",
+        agentserver::probe::PROBE_TIMEOUT.as_secs(),
+        report.elapsed.as_millis()
+    );
+    out
+}
 
+/// The `System` rows: host, os, kernel, cpu, memory, disk, workdir, collection time.
+fn system_section(out: &mut String, info: &AgentInfo, system: &SystemReport) {
     let _ = writeln!(out, "System");
     let row = |out: &mut String, key: &str, value: String| {
         let _ = writeln!(out, "  {key:<18}{value}");
@@ -74,9 +87,9 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
             s.to_owned()
         }
     };
-    row(&mut out, "hostname", or_unknown(&info.hostname));
+    row(out, "hostname", or_unknown(&info.hostname));
     row(
-        &mut out,
+        out,
         "os",
         format!(
             "{} ({} {})",
@@ -89,13 +102,13 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
     );
     if let Some(host) = &info.host_info {
         row(
-            &mut out,
+            out,
             "kernel",
             format!("{} {}", host.kernel_version, host.kernel_arch),
         );
         if !host.virtualization_system.is_empty() {
             row(
-                &mut out,
+                out,
                 "virtualization",
                 format!(
                     "{} ({})",
@@ -106,7 +119,7 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
     }
     match &info.cpu_info {
         Some(cpu) => row(
-            &mut out,
+            out,
             "cpu",
             format!(
                 "{} — {} logical, {} physical",
@@ -115,19 +128,19 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
                 cpu.count_physical
             ),
         ),
-        None => row(&mut out, "cpu", "(not collected)".into()),
+        None => row(out, "cpu", "(not collected)".into()),
     }
     match &info.memory_info {
         Some(m) => row(
-            &mut out,
+            out,
             "memory",
             format!("{} total, {} available", gib(m.total), gib(m.available)),
         ),
-        None => row(&mut out, "memory", "(not collected)".into()),
+        None => row(out, "memory", "(not collected)".into()),
     }
     match &info.disk_info {
         Some(d) => row(
-            &mut out,
+            out,
             "disk",
             format!(
                 "{} {} total, {} free ({})",
@@ -137,12 +150,15 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
                 or_unknown(&d.fstype)
             ),
         ),
-        None => row(&mut out, "disk", "(not collected)".into()),
+        None => row(out, "disk", "(not collected)".into()),
     }
-    row(&mut out, "workdir", info.workdir.clone());
+    row(out, "workdir", info.workdir.clone());
     let slowest = system.timings.values().map(|t| t.millis).max().unwrap_or(0);
-    row(&mut out, "collected in", format!("{slowest} ms"));
+    row(out, "collected in", format!("{slowest} ms"));
+}
 
+/// The `Languages` and `Tools` tables: every probe with its version, status, time and path.
+fn runtimes_section(out: &mut String, report: &CapabilityReport) {
     let caps = &report.capabilities;
     for (title, category) in [
         ("Languages", tools::Category::Language),
@@ -190,7 +206,11 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
             let _ = writeln!(out, "{}", line.trim_end());
         }
     }
+}
 
+/// The `GPUs` rows and the GPU probes' timings.
+fn gpu_section(out: &mut String, report: &CapabilityReport) {
+    let caps = &report.capabilities;
     let _ = writeln!(out, "\nGPUs");
     if caps.gpus.is_empty() {
         let _ = writeln!(out, "  none detected");
@@ -216,13 +236,6 @@ fn table(info: &AgentInfo, system: &SystemReport, report: &CapabilityReport) -> 
             timing.millis
         );
     }
-    let _ = writeln!(
-        out,
-        "\nAll probes run concurrently, {} s timeout each; capabilities took {} ms in total.",
-        agentserver::probe::PROBE_TIMEOUT.as_secs(),
-        report.elapsed.as_millis()
-    );
-    out
 }
 
 fn gpu_line(gpu: &GpuDevice) -> String {

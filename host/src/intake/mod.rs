@@ -445,59 +445,26 @@ impl Intake {
                 let Some(polled) = polled else { break };
                 let at = std::time::Instant::now();
                 let interval = jittered(shared.config.poll_interval, shared.config.poll_jitter);
-                match polled {
+                next_poll = match polled {
                     Ok(batch) => {
-                        let _ = shared.events.send(IntakeEvent::PollSucceeded);
                         if poll_failures > 0 {
                             tracing::info!("task polling works again");
                             poll_failures = 0;
                         }
-                        summary.malformed += batch.malformed.len();
-                        for bad in batch.malformed {
-                            report_malformed(&shared, bad).await;
-                        }
-                        let tasks = batch.tasks;
-                        if tasks.is_empty() {
-                            next_poll = Instant::now() + interval;
+                        let got = take_polled(&shared, batch, at, &mut queue, &mut summary).await;
+                        // Poll again as soon as there is room after tasks came.
+                        if got {
+                            Instant::now()
                         } else {
-                            tracing::debug!(count = tasks.len(), "received tasks");
-                            summary.tasks_received += tasks.len() as u64;
-                            let outbox = shared.delivery.outbox.clone();
-                            let copies = tasks.clone();
-                            let marked = tokio::task::spawn_blocking(move || {
-                                outbox.mark_received(&copies).map_err(|e| e.to_string())
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(e.to_string()));
-                            if let Err(err) = marked {
-                                tracing::error!(%err, "cannot note received tasks on disk");
-                            }
-                            for t in &tasks {
-                                shared.delivery.ledger.received(&t.task_id);
-                                let _ = shared.events.send(IntakeEvent::Polled {
-                                    task_id: t.task_id.clone(),
-                                    at,
-                                });
-                            }
-                            queue.extend(tasks);
-                            // Poll again as soon as there is room.
-                            next_poll = Instant::now();
+                            Instant::now() + interval
                         }
                     }
                     Err(err) => {
-                        let _ = shared.events.send(IntakeEvent::PollFailed {
-                            class: err.class(),
-                            error: err.to_string(),
-                        });
                         poll_failures += 1;
-                        if poll_failures == 1 {
-                            tracing::warn!(%err, "task poll failed; will keep trying");
-                        } else {
-                            tracing::debug!(%err, poll_failures, "task poll failed");
-                        }
-                        next_poll = Instant::now() + interval;
+                        poll_failed(&shared, &err, poll_failures);
+                        Instant::now() + interval
                     }
-                }
+                };
                 continue;
             }
             let wake_at = can_poll.then_some(next_poll);
@@ -514,44 +481,106 @@ impl Intake {
             }
         }
 
-        // Draining.
-        let queued = queue.len();
-        if !running.is_empty() || queued > 0 {
-            tracing::info!(
-                running = running.len(),
-                queued,
-                grace = ?shared.config.grace_period,
-                "stopping: no new tasks; waiting for running tasks"
-            );
-        }
-        for task in queue.drain(..) {
-            shared
-                .delivery
-                .finalize(&task.task_id, StatusBody::failed(SHUTDOWN_REASON))
-                .await;
-        }
-        let grace = shared.config.grace_period;
-        let cancel = shared.cancel_all.clone();
-        let grace_timer = tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(grace) => {
-                    tracing::warn!(grace = ?grace, "grace period over; cancelling running tasks");
-                    cancel.cancel();
-                }
-            }
-        });
-        while let Some(done) = running.join_next().await {
-            if let Err(err) = done {
-                tracing::error!(%err, "task runner failed");
-            }
-        }
-        grace_timer.abort();
-
+        drain_running(&shared, running, queue).await;
         // Give pending statuses a chance to reach the server.
         summary.unreported = shared.delivery.finish().await;
         Ok(summary)
     }
+}
+
+/// One successful poll: malformed items are reported, good ones noted as received (on disk
+/// and in the ledger) and queued. Returns whether any task came.
+async fn take_polled(
+    shared: &Shared,
+    batch: client::PollBatch,
+    at: std::time::Instant,
+    queue: &mut VecDeque<PolledTask>,
+    summary: &mut IntakeSummary,
+) -> bool {
+    let _ = shared.events.send(IntakeEvent::PollSucceeded);
+    summary.malformed += batch.malformed.len();
+    for bad in batch.malformed {
+        report_malformed(shared, bad).await;
+    }
+    let tasks = batch.tasks;
+    if tasks.is_empty() {
+        return false;
+    }
+    tracing::debug!(count = tasks.len(), "received tasks");
+    summary.tasks_received += tasks.len() as u64;
+    let outbox = shared.delivery.outbox.clone();
+    let copies = tasks.clone();
+    let marked = tokio::task::spawn_blocking(move || {
+        outbox.mark_received(&copies).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(err) = marked {
+        tracing::error!(%err, "cannot note received tasks on disk");
+    }
+    for t in &tasks {
+        shared.delivery.ledger.received(&t.task_id);
+        let _ = shared.events.send(IntakeEvent::Polled {
+            task_id: t.task_id.clone(),
+            at,
+        });
+    }
+    queue.extend(tasks);
+    true
+}
+
+/// One failed poll: said once loudly, then quietly while it keeps failing.
+fn poll_failed(shared: &Shared, err: &client::ClientError, failures: u32) {
+    let _ = shared.events.send(IntakeEvent::PollFailed {
+        class: err.class(),
+        error: err.to_string(),
+    });
+    if failures == 1 {
+        tracing::warn!(%err, "task poll failed; will keep trying");
+    } else {
+        tracing::debug!(%err, failures, "task poll failed");
+    }
+}
+
+/// The drain: queued tasks are reported failed (shutdown), running ones get the grace
+/// period, then are cancelled; returns once every runner has finished.
+async fn drain_running(
+    shared: &Arc<Shared>,
+    mut running: JoinSet<()>,
+    mut queue: VecDeque<PolledTask>,
+) {
+    let queued = queue.len();
+    if !running.is_empty() || queued > 0 {
+        tracing::info!(
+            running = running.len(),
+            queued,
+            grace = ?shared.config.grace_period,
+            "stopping: no new tasks; waiting for running tasks"
+        );
+    }
+    for task in queue.drain(..) {
+        shared
+            .delivery
+            .finalize(&task.task_id, StatusBody::failed(SHUTDOWN_REASON))
+            .await;
+    }
+    let grace = shared.config.grace_period;
+    let cancel = shared.cancel_all.clone();
+    let grace_timer = tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!(grace = ?grace, "grace period over; cancelling running tasks");
+                cancel.cancel();
+            }
+        }
+    });
+    while let Some(done) = running.join_next().await {
+        if let Err(err) = done {
+            tracing::error!(%err, "task runner failed");
+        }
+    }
+    grace_timer.abort();
 }
 
 /// A poll item that cannot run: reported `failed` with the reason when it has a usable id
