@@ -33,6 +33,9 @@ pub struct WorkerOptions {
     pub outbox_dir: PathBuf,
     /// HTTP timeouts of polls and status reports.
     pub timeouts: crate::intake::TaskTimeouts,
+    /// The capability cache, when the caller started probing early (at process start, so
+    /// the probe overlaps login and registration); a new one otherwise.
+    pub capabilities: Option<CapabilityCache>,
 }
 
 impl WorkerOptions {
@@ -46,6 +49,7 @@ impl WorkerOptions {
             info_interval: Duration::from_secs(20),
             outbox_dir: crate::paths::outbox_dir(),
             timeouts: Default::default(),
+            capabilities: None,
         }
     }
 }
@@ -100,21 +104,22 @@ impl Worker {
                 source,
             })?;
 
-        let cache = Arc::new(CapabilityCache::new(Prober::new()));
-        // Probe now, while the tunnel connects: the first agent info then finds the
-        // capabilities probed (or shares the probe already under way) instead of starting it.
-        let warm = Arc::clone(&cache);
-        tokio::spawn(async move {
-            let report = warm.capabilities().await;
-            tracing::debug!(elapsed = ?report.elapsed, "capabilities probed at start");
-        });
-        let info = agent_info_source(cache, backend.clone(), &options.workdir);
+        let cache = options
+            .capabilities
+            .clone()
+            .unwrap_or_else(|| CapabilityCache::new(Prober::new()));
+        // Probe now at the latest (the caller may have started at process start): the agent
+        // info never waits for it, and goes out again the moment it is done.
+        cache.start_probe();
+        let info_refresh = cache.updates();
+        let info = agent_info_source(Arc::new(cache), backend.clone(), &options.workdir);
         let mut tunnel_config = TunnelConfig::new(
             session.server_url.clone(),
             session.sandbox_id.clone(),
             session.tunnel_token.clone(),
         );
         tunnel_config.info_interval = options.info_interval;
+        tunnel_config.info_refresh = Some(info_refresh);
         let tunnel = Arc::new(Tunnel::new(tunnel_config, backend.clone(), info));
 
         let mut intake_config = IntakeConfig::new(
@@ -254,7 +259,7 @@ fn agent_info_source(
         let workdir = workdir.clone();
         async move {
             let fields = backend.agent_info_fields().await;
-            cache.agent_info_json_with(&workdir, &fields).await
+            cache.agent_info_json_now(&workdir, &fields).await
         }
         .boxed()
     })

@@ -141,8 +141,13 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
     let sandbox_id = session.sandbox_id.clone();
     let got_info = mock
         .wait_until(Duration::from_secs(15), |s| {
-            s.sandbox(&sandbox_id)
-                .is_some_and(|sb| sb.agent_info.is_some())
+            // The first agent info may go out before the capabilities are probed; the one
+            // sent when they are carries them.
+            s.sandbox(&sandbox_id).is_some_and(|sb| {
+                sb.agent_info
+                    .as_ref()
+                    .is_some_and(|info| !info["capabilities"].is_null())
+            })
         })
         .await;
     step(5, "Tunnel connected (WebSocket + yamux)");

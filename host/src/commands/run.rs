@@ -11,6 +11,7 @@ use agentserver::dispatch::BackendKind;
 use agentserver::logging::notice;
 use agentserver::metrics::{Metrics, SandboxInfo};
 use agentserver::ops::{MetricsServer, StatusSocket};
+use agentserver::probe::{CapabilityCache, Prober};
 use agentserver::session_choice::{SessionOrigin, SessionRequest, choose_session};
 use agentserver::shutdown::{FORCE_EXIT_CODE, ShutdownSignals, follow_signals};
 use agentserver::state::SessionStore;
@@ -26,6 +27,10 @@ use crate::cli::RunArgs;
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let workdir = absolute_workdir(&cwd, args.session.work_dir.as_deref())?;
+    // Capabilities are probed from the start, in parallel with everything below (login,
+    // registration, the backend's start), so the first agent info rarely lacks them.
+    let capabilities = CapabilityCache::new(Prober::new());
+    capabilities.start_probe();
     let store = SessionStore::default_location();
     let kind = choose_backend(
         args.backend.as_ref(),
@@ -111,6 +116,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.max_concurrent_tasks = usize::from(args.intake.max_concurrent_tasks);
     options.grace_period = args.intake.grace_period;
     options.timeouts = args.intake.timeouts();
+    options.capabilities = Some(capabilities);
     let worker = Worker::start(&session, backend, options).await?;
     let _attached = metrics.attach(
         SandboxInfo {

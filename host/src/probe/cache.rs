@@ -1,6 +1,9 @@
-//! Capabilities cached for the heartbeat: the first call probes (≤ ~2 s), later calls return
-//! the last result at once and, once it is older than the maximum age, start one background
-//! re-probe whose result the following calls see.
+//! Capabilities cached for the heartbeat. The first probe starts as early as the caller asks
+//! ([`CapabilityCache::start_probe`], at process start) and runs in the background (≤ ~2 s);
+//! the tunnel's agent info never waits for it ([`CapabilityCache::agent_info_json_now`]: no
+//! capabilities until they are probed, and [`CapabilityCache::updates`] fires when they are,
+//! so the next agent info goes out then). Later calls return the last result at once and,
+//! once it is older than the maximum age, start one background re-probe.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +24,8 @@ struct Inner {
     state: Mutex<State>,
     /// Serialises the first probe so concurrent first callers share it.
     first: tokio::sync::Mutex<()>,
+    /// Notified each time a probe stores its result.
+    updates: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +48,7 @@ impl CapabilityCache {
                 max_age,
                 state: Mutex::new(State::default()),
                 first: tokio::sync::Mutex::new(()),
+                updates: Arc::new(tokio::sync::Notify::new()),
             }),
         }
     }
@@ -68,6 +74,40 @@ impl CapabilityCache {
         report
     }
 
+    /// Starts the first probe in the background unless it ran or is running (needs a Tokio
+    /// runtime). Call it as early as possible: the probe then overlaps login, registration
+    /// and the tunnel's connect.
+    pub fn start_probe(&self) {
+        {
+            let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.report.is_some() || state.refreshing {
+                return;
+            }
+            state.refreshing = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let report = this.capabilities().await;
+            tracing::debug!(elapsed = ?report.elapsed, "capabilities probed");
+        });
+    }
+
+    /// The capabilities probed so far, without waiting: `None` until the first probe is done
+    /// (which this starts if nobody did); a stale result starts a background re-probe.
+    pub fn current(&self) -> Option<Arc<CapabilityReport>> {
+        let report = self.cached_or_refresh();
+        if report.is_none() {
+            self.start_probe();
+        }
+        report
+    }
+
+    /// Notified (one stored permit) each time a probe finishes: the tunnel sends agent info
+    /// then instead of waiting for its next period.
+    pub fn updates(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.updates)
+    }
+
     /// The cached report if any, starting a background refresh when it is stale.
     fn cached_or_refresh(&self) -> Option<Arc<CapabilityReport>> {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,6 +128,8 @@ impl CapabilityCache {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         state.report = Some((report, Instant::now()));
         state.refreshing = false;
+        drop(state);
+        self.inner.updates.notify_one();
     }
 
     /// The full agent-info document: system info collected now (within its budget) and the
@@ -109,6 +151,21 @@ impl CapabilityCache {
         let mut fields = serde_json::Map::new();
         fields.insert("opencode_version".into(), opencode_version.into());
         self.agent_info_json_with(workdir, &fields).await
+    }
+
+    /// The agent-info JSON for the tunnel, at once: system info collected now (within its
+    /// budget), the capabilities only if they are probed already (the next agent info carries
+    /// them otherwise), and the backend's own fields.
+    pub async fn agent_info_json_now(
+        &self,
+        workdir: &str,
+        backend_fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<u8> {
+        let system = self.inner.prober.system_info().await;
+        let capabilities = self.current().map(|r| r.capabilities.clone());
+        let info = AgentInfo::from_parts(&system.info, capabilities, workdir, "")
+            .with_backend_fields(backend_fields);
+        serde_json::to_vec(&info).unwrap_or_else(|_| b"{}".to_vec())
     }
 
     /// [`CapabilityCache::agent_info_json`] with a backend's own fields

@@ -58,6 +58,8 @@ pub struct TunnelConfig {
     pub close_timeout: Duration,
     /// yamux settings. Default: the server's (keepalive off, 256 KiB windows).
     pub mux: agentserver_mux::Config,
+    /// Sends agent info at once when notified (new capabilities), besides the period.
+    pub info_refresh: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl TunnelConfig {
@@ -76,6 +78,7 @@ impl TunnelConfig {
             connect_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(3),
             mux: agentserver_mux::Config::default(),
+            info_refresh: None,
         }
     }
 }
@@ -328,6 +331,7 @@ impl Tunnel {
             control.clone(),
             Arc::clone(&self.info),
             self.config.info_interval,
+            self.config.info_refresh.clone(),
             self.events.clone(),
         ));
         let backend = Arc::clone(&self.backend);
@@ -366,12 +370,27 @@ async fn info_loop(
     control: Control,
     info: InfoSource,
     interval: Duration,
+    refresh: Option<Arc<tokio::sync::Notify>>,
     events: broadcast::Sender<TunnelEvent>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refreshed = async |refresh: &Option<Arc<tokio::sync::Notify>>| match refresh {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    };
+    // A refresh noted before this connection is covered by the first agent info below.
+    if let Some(notify) = &refresh {
+        let _ = futures_util::FutureExt::now_or_never(notify.notified());
+    }
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = refreshed(&refresh) => {
+                // Agent info at once (new capabilities); the period starts again from here.
+                ticker.reset();
+            }
+        }
         let json = info().await;
         let sent = send_info(&control, &json).await;
         if let Err(e) = &sent {

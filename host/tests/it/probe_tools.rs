@@ -359,3 +359,46 @@ async fn agent_info_json_has_caller_fields_and_capabilities() {
     assert_eq!(value["capabilities"]["tools"][0]["name"], "git");
     assert!(value.get("probe_timings").is_none());
 }
+
+/// The tunnel's agent info never waits for a probe: with a tool that hangs until the probe
+/// timeout, the first document comes at once without capabilities, the cache says when the
+/// probe is done, and the next document carries them.
+#[tokio::test]
+async fn agent_info_goes_out_at_once_and_capabilities_follow_when_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_tool(dir.path(), "git", "echo git version 2.47.3");
+    fake_tool(dir.path(), "node", &hang());
+    let cache =
+        CapabilityCache::new(prober(dir.path()).with_probe_timeout(Duration::from_millis(800)));
+    let updates = cache.updates();
+    let started = Instant::now();
+    cache.start_probe();
+    let first: serde_json::Value =
+        serde_json::from_slice(&cache.agent_info_json_now("/w", &Default::default()).await)
+            .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(500),
+        "the first agent info waited {waited:?} for the probe"
+    );
+    assert!(first["capabilities"].is_null(), "{first}");
+    assert_eq!(first["workdir"], "/w");
+    assert!(
+        !first["hostname"].as_str().unwrap_or("").is_empty(),
+        "{first}"
+    );
+
+    tokio::time::timeout(Duration::from_secs(10), updates.notified())
+        .await
+        .expect("the probe finished and said so");
+    let next: serde_json::Value =
+        serde_json::from_slice(&cache.agent_info_json_now("/w", &Default::default()).await)
+            .unwrap();
+    let tools: Vec<&str> = next["capabilities"]["tools"]
+        .as_array()
+        .expect("capabilities in the next agent info")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(tools.contains(&"git"), "{next}");
+}
