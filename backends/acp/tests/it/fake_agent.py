@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""A small misbehaving ACP agent for the acp backend's bad-input tests (stdlib only).
+
+It speaks ACP v1 over stdio. What a prompt does is chosen by keywords in its text:
+
+  PLAIN                 one text chunk "hello from fake-acp", end_turn
+  UNKNOWN_NOTIFICATION  an unknown notification and an unknown request first, then as PLAIN
+  MALFORMED             prints a line that is not JSON on stdout, then waits
+  PERMISSION:<path>     asks session/request_permission for a tool call at <path>, then
+                        reports the answer as a text chunk "permission: <outcome json>"
+  READ:<path>           fs/read_text_file of <path>, reports "read: <result or error json>"
+  WRITE:<path>          fs/write_text_file of <path>, reports "write: <result or error json>"
+  NEVER                 never answers session/prompt, even after session/cancel
+  HANG                  answers session/prompt only after session/cancel: first asks a
+                        permission (which must come back "cancelled"), reports it, then
+                        answers stopReason "cancelled"
+  STOP:<reason>         answers with that stopReason
+  EXIT                  writes "fake-acp: boom" on stderr and exits with status 3
+
+FAKE_ACP_MODE=no_init in the environment: never answers initialize.
+"""
+
+import json
+import os
+import re
+import sys
+import threading
+
+lock = threading.Lock()
+pending = {}  # id -> (event, slot)
+next_id = [1000]
+sessions = {}
+cancelled = {}  # session id -> threading.Event
+
+
+def send(obj):
+    with lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def request(method, params):
+    with lock:
+        next_id[0] += 1
+        rid = next_id[0]
+    ev = threading.Event()
+    slot = {}
+    pending[rid] = (ev, slot)
+    send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+    ev.wait()
+    return slot["msg"]
+
+
+def update(sid, upd):
+    send({"jsonrpc": "2.0", "method": "session/update",
+          "params": {"sessionId": sid, "update": upd}})
+
+
+def chunk(sid, text):
+    update(sid, {"sessionUpdate": "agent_message_chunk",
+                 "content": {"type": "text", "text": text}})
+
+
+def answer(rid, result):
+    send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def after(keyword, text):
+    m = re.search(re.escape(keyword) + r"(\S+)", text)
+    return m.group(1) if m else ""
+
+
+def permission(sid, path):
+    msg = request("session/request_permission", {
+        "sessionId": sid,
+        "toolCall": {"toolCallId": "call_1", "title": "edit " + path, "kind": "edit",
+                     "locations": [{"path": path}]},
+        "options": [
+            {"optionId": "yes", "name": "Allow", "kind": "allow_once"},
+            {"optionId": "no", "name": "Reject", "kind": "reject_once"},
+        ],
+    })
+    return msg.get("result", msg.get("error"))
+
+
+def prompt(rid, params):
+    sid = params["sessionId"]
+    text = " ".join(b.get("text", "") for b in params["prompt"])
+    if "EXIT" in text:
+        sys.stderr.write("fake-acp: boom\n")
+        sys.stderr.flush()
+        os._exit(3)
+    if "MALFORMED" in text:
+        with lock:
+            sys.stdout.write("this is not json {\n")
+            sys.stdout.flush()
+        return
+    if "NEVER" in text:
+        return
+    if "HANG" in text:
+        chunk(sid, "working...")
+        cancelled[sid].wait()
+        outcome = permission(sid, "/tmp/after-cancel")
+        chunk(sid, "permission: " + json.dumps(outcome, sort_keys=True))
+        answer(rid, {"stopReason": "cancelled"})
+        return
+    if "UNKNOWN_NOTIFICATION" in text:
+        send({"jsonrpc": "2.0", "method": "x/unknown_notification", "params": {"a": 1}})
+        unknown = request("x/unknown_request", {})
+        chunk(sid, "unknown request answered: " + json.dumps(unknown.get("error", {}).get("code")))
+    if "PERMISSION:" in text:
+        outcome = permission(sid, after("PERMISSION:", text))
+        chunk(sid, "permission: " + json.dumps(outcome, sort_keys=True))
+    if "READ:" in text:
+        msg = request("fs/read_text_file", {"sessionId": sid, "path": after("READ:", text)})
+        chunk(sid, "read: " + json.dumps(msg.get("result", msg.get("error")), sort_keys=True))
+    if "WRITE:" in text:
+        msg = request("fs/write_text_file",
+                      {"sessionId": sid, "path": after("WRITE:", text), "content": "written\n"})
+        chunk(sid, "write: " + json.dumps(msg.get("result", msg.get("error")), sort_keys=True))
+    if "STOP:" in text:
+        answer(rid, {"stopReason": after("STOP:", text)})
+        return
+    chunk(sid, "hello from fake-acp")
+    answer(rid, {"stopReason": "end_turn"})
+
+
+def main():
+    no_init = os.environ.get("FAKE_ACP_MODE") == "no_init"
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        msg = json.loads(line)
+        method = msg.get("method")
+        if method is None:
+            entry = pending.pop(msg.get("id"), None)
+            if entry:
+                entry[1]["msg"] = msg
+                entry[0].set()
+            continue
+        if method == "initialize":
+            if not no_init:
+                answer(msg["id"], {"protocolVersion": 1, "agentCapabilities": {},
+                                   "authMethods": [],
+                                   "agentInfo": {"name": "fake-acp", "version": "0.0.1"}})
+        elif method == "session/new":
+            sid = "fake-session-%d" % (len(sessions) + 1)
+            sessions[sid] = msg["params"]["cwd"]
+            cancelled[sid] = threading.Event()
+            answer(msg["id"], {"sessionId": sid})
+            update(sid, {"sessionUpdate": "available_commands_update", "availableCommands": []})
+        elif method == "session/prompt":
+            threading.Thread(target=prompt, args=(msg["id"], msg["params"]), daemon=True).start()
+        elif method == "session/cancel":
+            cancelled[msg["params"]["sessionId"]].set()
+        elif "id" in msg:
+            send({"jsonrpc": "2.0", "id": msg["id"],
+                  "error": {"code": -32601, "message": "method not found"}})
+
+
+main()
