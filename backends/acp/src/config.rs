@@ -69,6 +69,28 @@ impl FromStr for Preset {
     }
 }
 
+/// A command line that cannot be split into words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandLineError {
+    /// Unbalanced quotes.
+    #[error("cannot split `{0}` into words: {1}")]
+    Unsplittable(String, String),
+    /// Nothing to run.
+    #[error("the command line is empty")]
+    Empty,
+}
+
+/// Splits an agent command line (`"opencode acp"`, `"npx -y pkg"`) into program and
+/// arguments as a POSIX shell would, without running a shell.
+pub fn split_command(text: &str) -> Result<Vec<String>, CommandLineError> {
+    let words = shell_words::split(text)
+        .map_err(|e| CommandLineError::Unsplittable(text.to_owned(), e.to_string()))?;
+    if words.is_empty() {
+        return Err(CommandLineError::Empty);
+    }
+    Ok(words)
+}
+
 /// How `session/request_permission` is answered (a task has no person to ask).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PermissionPolicy {
@@ -145,6 +167,46 @@ impl AcpConfig {
         config
     }
 
+    /// Whether the agent's program can be run: a command is configured and its program is
+    /// an executable file (a bare name is looked up in the agent's `PATH`). Checked before a
+    /// sandbox is registered, so a start that cannot work leaves nothing behind.
+    pub fn check_program(&self) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self
+            .command
+            .first()
+            .ok_or("no ACP agent command configured: pass --acp-command or --acp-preset")?;
+        let executable = |p: &std::path::Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if program.contains('/') {
+            let path = self.workdir.join(program);
+            return if executable(&path) {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "the ACP agent program `{program}` is not an executable file"
+                ))
+            };
+        }
+        let path_var = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                (!self.clear_env)
+                    .then(|| std::env::var_os("PATH"))
+                    .flatten()
+            })
+            .unwrap_or_default();
+        std::env::split_paths(&path_var)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+            .ok_or_else(|| format!("the ACP agent program `{program}` is not in PATH"))
+    }
+
     /// Adds one environment variable for the agent.
     pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
@@ -207,6 +269,36 @@ mod tests {
         let config = AcpConfig::preset(Preset::ClaudeAcp, "/w".into());
         assert_eq!(config.command, ["claude-agent-acp"]);
         assert!(config.env.iter().any(|(k, _)| k == "DISABLE_AUTOUPDATER"));
+    }
+
+    #[test]
+    fn command_lines_split_like_a_shell() {
+        assert_eq!(split_command("opencode acp").unwrap(), ["opencode", "acp"]);
+        assert_eq!(
+            split_command(r#"npx -y "my agent" --flag='a b'"#).unwrap(),
+            ["npx", "-y", "my agent", "--flag=a b"]
+        );
+        assert_eq!(split_command("  "), Err(CommandLineError::Empty));
+        assert!(matches!(
+            split_command("agent 'open"),
+            Err(CommandLineError::Unsplittable(..))
+        ));
+    }
+
+    #[test]
+    fn programs_are_looked_up_before_anything_starts() {
+        let none = AcpConfig::default();
+        assert!(none.check_program().unwrap_err().contains("--acp-command"));
+        let sh = AcpConfig::new(vec!["sh".into(), "-c".into()], "/".into());
+        assert!(sh.check_program().unwrap().ends_with("sh"));
+        let missing = AcpConfig::new(vec!["no-such-acp-agent-xyz".into()], "/".into());
+        assert!(missing.check_program().unwrap_err().contains("not in PATH"));
+        let abs = AcpConfig::new(vec!["/nonexistent/agent".into()], "/".into());
+        assert!(
+            abs.check_program()
+                .unwrap_err()
+                .contains("not an executable file")
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub mod turn;
 pub mod workspace;
 
 pub use agent::{AgentProcess, StartError};
-pub use config::{AcpConfig, PermissionPolicy, Preset, UnknownPreset};
+pub use config::{
+    AcpConfig, CommandLineError, PermissionPolicy, Preset, UnknownPreset, split_command,
+};
 
 /// Name users pass to `--backend`.
 pub const BACKEND_NAME: &str = "acp";
