@@ -111,7 +111,6 @@ pub struct AgentProcess {
     pub sessions: Arc<Sessions>,
     health: Arc<Health>,
     stderr: Arc<Mutex<StderrTail>>,
-    stop_tx: Mutex<Option<oneshot::Sender<()>>>,
     /// `Some(status text)` once the process is reaped.
     exited: watch::Receiver<Option<String>>,
     /// Ends the connection task.
@@ -152,7 +151,6 @@ impl AgentProcess {
             "ACP agent stderr",
         ));
         let health = Arc::new(Health::default());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (exited_tx, exited) = watch::channel(None);
         let ladder = StopLadder {
             signal: Signal::SIGTERM,
@@ -163,7 +161,6 @@ impl AgentProcess {
             child,
             pid,
             ladder,
-            stop_rx,
             exited_tx,
             health.clone(),
         ));
@@ -198,7 +195,7 @@ impl AgentProcess {
             Ok(conn) => conn,
             Err(err) => {
                 shutdown.cancel();
-                let _ = stop_tx.send(());
+                health.fail(err.to_string());
                 let mut exited = exited;
                 let _ = exited.wait_for(Option::is_some).await;
                 return Err(err);
@@ -211,7 +208,6 @@ impl AgentProcess {
             sessions,
             health,
             stderr,
-            stop_tx: Mutex::new(Some(stop_tx)),
             exited,
             shutdown,
         };
@@ -354,26 +350,18 @@ impl AgentProcess {
     pub async fn stop(&self) {
         self.health.fail("the ACP agent was stopped");
         self.shutdown.cancel();
-        let stop = self
-            .stop_tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(stop) = stop {
-            let _ = stop.send(());
-        }
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(Option::is_some).await;
     }
 }
 
-/// The owner of the child: reaps it when it exits by itself, or stops its group on request;
-/// sweeps what it left in its group either way.
+/// The owner of the child: reaps it when it exits by itself, or stops its group once the
+/// connection is unusable (stopped, non-JSON output, stdout closed); sweeps what it left in
+/// its group either way.
 async fn own_process(
     mut child: tokio::process::Child,
     pid: u32,
     ladder: StopLadder,
-    stop_rx: oneshot::Receiver<()>,
     exited_tx: watch::Sender<Option<String>>,
     health: Arc<Health>,
 ) {
@@ -386,7 +374,7 @@ async fn own_process(
             health.fail(text.clone());
             text
         }
-        _ = stop_rx => {
+        () = health.dead.cancelled() => {
             let stopped = ladder.stop(&mut child, pid).await;
             match stopped.status {
                 Some(s) => format!("stopped: {s}"),

@@ -100,6 +100,9 @@ async fn malformed_json_fails_the_task_and_the_next_task_restarts_the_agent() {
         "{reason}"
     );
     assert_eq!(done.result_event()["subtype"], "error");
+    // The agent that broke the protocol is stopped at once, not at the next task.
+    assert!(wait_gone(first, Duration::from_secs(5)).await);
+    assert_eq!(backend.agent_pid().await, None);
 
     let next = run(&backend, task(&work, "PLAIN")).await;
     assert_eq!(
@@ -110,7 +113,6 @@ async fn malformed_json_fails_the_task_and_the_next_task_restarts_the_agent() {
     );
     let second = backend.agent_pid().await.unwrap();
     assert_ne!(first, second, "a new agent process");
-    assert!(wait_gone(first, Duration::from_secs(5)).await);
     backend.shutdown().await;
 }
 
