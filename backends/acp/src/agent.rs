@@ -157,13 +157,7 @@ impl AgentProcess {
             grace: config.stop_grace,
             kill_wait: Duration::from_secs(5),
         };
-        tokio::spawn(own_process(
-            child,
-            pid,
-            ladder,
-            exited_tx,
-            health.clone(),
-        ));
+        tokio::spawn(own_process(child, pid, ladder, exited_tx, health.clone()));
 
         let sessions = Arc::new(Sessions::default());
         let client = Arc::new(ClientSide {

@@ -9,4 +9,5 @@ mod support;
 mod opencode_support;
 
 mod fake_agent;
+mod real_claude_acp;
 mod real_opencode;
