@@ -12,9 +12,12 @@ use std::time::Duration;
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
-    CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
-    InitializeRequest, NewSessionRequest, PromptRequest, PromptResponse, ReadTextFileRequest,
-    RequestPermissionRequest, TextContent, WriteTextFileRequest,
+    CancelNotification, ClientCapabilities, ContentBlock, CreateTerminalRequest,
+    FileSystemCapabilities, Implementation, InitializeRequest, KillTerminalRequest,
+    KillTerminalResponse, NewSessionRequest, PromptRequest, PromptResponse, ReadTextFileRequest,
+    ReleaseTerminalRequest, ReleaseTerminalResponse, RequestPermissionRequest,
+    TerminalOutputRequest, TextContent, WaitForTerminalExitRequest, WaitForTerminalExitResponse,
+    WriteTextFileRequest,
 };
 use agent_client_protocol::{Agent as AgentRole, Client, Lines};
 use agentserver_common::process::{self, Detach, StderrTail, StopLadder};
@@ -28,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::ClientSide;
 use crate::config::AcpConfig;
 use crate::sessions::{Line, Sessions, classify};
+use crate::terminal::Terminals;
 
 /// The longest line the agent may print (one JSON-RPC message).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -109,6 +113,8 @@ pub struct AgentProcess {
     pub pid: u32,
     /// Its sessions.
     pub sessions: Arc<Sessions>,
+    /// The terminals it created.
+    pub terminals: Arc<Terminals>,
     health: Arc<Health>,
     stderr: Arc<Mutex<StderrTail>>,
     /// `Some(status text)` once the process is reaped.
@@ -151,18 +157,27 @@ impl AgentProcess {
             "ACP agent stderr",
         ));
         let health = Arc::new(Health::default());
+        let terminals = Arc::new(Terminals::default());
         let (exited_tx, exited) = watch::channel(None);
         let ladder = StopLadder {
             signal: Signal::SIGTERM,
             grace: config.stop_grace,
             kill_wait: Duration::from_secs(5),
         };
-        tokio::spawn(own_process(child, pid, ladder, exited_tx, health.clone()));
+        tokio::spawn(own_process(
+            child,
+            pid,
+            ladder,
+            exited_tx,
+            health.clone(),
+            terminals.clone(),
+        ));
 
         let sessions = Arc::new(Sessions::default());
         let client = Arc::new(ClientSide {
             sessions: sessions.clone(),
             policy: config.permissions,
+            terminals: terminals.clone(),
         });
         let shutdown = CancellationToken::new();
         let (conn_tx, conn_rx) = oneshot::channel();
@@ -200,6 +215,7 @@ impl AgentProcess {
             info: None,
             pid,
             sessions,
+            terminals,
             health,
             stderr,
             exited,
@@ -211,7 +227,7 @@ impl AgentProcess {
                     .fs(FileSystemCapabilities::new()
                         .read_text_file(true)
                         .write_text_file(true))
-                    .terminal(false),
+                    .terminal(true),
             )
             .client_info(Implementation::new(
                 "agentserver",
@@ -358,6 +374,7 @@ async fn own_process(
     ladder: StopLadder,
     exited_tx: watch::Sender<Option<String>>,
     health: Arc<Health>,
+    terminals: Arc<Terminals>,
 ) {
     let status = tokio::select! {
         status = child.wait() => {
@@ -377,6 +394,7 @@ async fn own_process(
         }
     };
     process::sweep(pid);
+    terminals.release_all();
     tracing::info!(pid, %status, "ACP agent gone");
     let _ = exited_tx.send(Some(status));
 }
@@ -455,7 +473,8 @@ async fn run_connection(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) {
-    let (permissions, reads, writes) = (client.clone(), client.clone(), client);
+    let (permissions, reads, writes, terminals) =
+        (client.clone(), client.clone(), client.clone(), client);
     let result = Client
         .v1()
         .name("agentserver")
@@ -474,6 +493,84 @@ async fn run_connection(
         .on_receive_request(
             async move |request: WriteTextFileRequest, responder, _cx| {
                 responder.respond_with_result(writes.write_text_file(&request).await)
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let client = terminals.clone();
+                async move |request: CreateTerminalRequest, responder, _cx| {
+                    responder.respond_with_result(client.create_terminal(&request))
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let client = terminals.clone();
+                async move |request: TerminalOutputRequest, responder, _cx| {
+                    responder.respond_with_result(client.terminals.output(
+                        request.session_id.0.as_ref(),
+                        request.terminal_id.0.as_ref(),
+                    ))
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let client = terminals.clone();
+                async move |request: WaitForTerminalExitRequest, responder, _cx| {
+                    // Answered from a task of its own: waiting here would stop the dispatch
+                    // loop (and every other message) until the command exits.
+                    match client.terminals.wait_for_exit(
+                        request.session_id.0.as_ref(),
+                        request.terminal_id.0.as_ref(),
+                    ) {
+                        Ok(exit) => {
+                            tokio::spawn(async move {
+                                let _ =
+                                    responder.respond(WaitForTerminalExitResponse::new(exit.await));
+                            });
+                            Ok(())
+                        }
+                        Err(err) => responder.respond_with_error(err),
+                    }
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let client = terminals.clone();
+                async move |request: KillTerminalRequest, responder, _cx| {
+                    responder.respond_with_result(
+                        client
+                            .terminals
+                            .kill(
+                                request.session_id.0.as_ref(),
+                                request.terminal_id.0.as_ref(),
+                            )
+                            .map(|()| KillTerminalResponse::new()),
+                    )
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let client = terminals;
+                async move |request: ReleaseTerminalRequest, responder, _cx| {
+                    responder.respond_with_result(
+                        client
+                            .terminals
+                            .release(
+                                request.session_id.0.as_ref(),
+                                request.terminal_id.0.as_ref(),
+                            )
+                            .map(|()| ReleaseTerminalResponse::new()),
+                    )
+                }
             },
             agent_client_protocol::on_receive_request!(),
         )

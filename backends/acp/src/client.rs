@@ -1,7 +1,7 @@
 //! The client side of ACP: what this host answers when the agent asks something —
 //! `session/request_permission` by the [`PermissionPolicy`], `fs/read_text_file` and
-//! `fs/write_text_file` inside the task's workspace only. `terminal/*` is not offered (the
-//! capability is advertised as `false`), so agents run commands with their own tools.
+//! `fs/write_text_file` inside the task's workspace only, `terminal/*` through
+//! [`crate::terminal::Terminals`] with the working directory inside it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use agent_client_protocol::{Error, ErrorCode};
 
 use crate::config::PermissionPolicy;
 use crate::sessions::Sessions;
+use crate::terminal::Terminals;
 use crate::workspace::{PathRefused, Workspace};
 
 /// The largest file `fs/read_text_file` returns.
@@ -30,6 +31,8 @@ pub struct ClientSide {
     pub sessions: Arc<Sessions>,
     /// The permission policy.
     pub policy: PermissionPolicy,
+    /// The terminals the agent created.
+    pub terminals: Arc<Terminals>,
 }
 
 impl ClientSide {
@@ -102,7 +105,17 @@ impl ClientSide {
         Ok(WriteTextFileResponse::new())
     }
 
-    fn workspace(&self, session: &str) -> Result<Workspace, Error> {
+    /// `terminal/create` in the session's workspace.
+    pub fn create_terminal(
+        &self,
+        request: &agent_client_protocol::v1::schema::CreateTerminalRequest,
+    ) -> Result<agent_client_protocol::v1::schema::CreateTerminalResponse, Error> {
+        let workspace = self.workspace(request.session_id.0.as_ref())?;
+        self.terminals.create(&workspace, request)
+    }
+
+    /// The workspace of a session a task owns.
+    pub fn workspace(&self, session: &str) -> Result<Workspace, Error> {
         self.sessions
             .ctx(session)
             .map(|c| c.workspace.clone())

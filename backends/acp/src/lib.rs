@@ -11,7 +11,8 @@
 //!   event (the whole JSON-RPC line), then a final `result` event. The outcome comes from the
 //!   `stopReason`.
 //! * Client side ([`client`]): permission requests answered by a policy, `fs/*` confined to
-//!   the task's workspace ([`workspace`]); no terminal capability.
+//!   the task's workspace ([`workspace`]), `terminal/*` commands in process groups of their
+//!   own with bounded output ([`terminal`]).
 //!
 //! See `docs/decisions/acp.md`.
 
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod client;
 mod config;
 pub mod sessions;
+pub mod terminal;
 pub mod turn;
 pub mod workspace;
 

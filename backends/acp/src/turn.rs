@@ -104,6 +104,7 @@ pub async fn run(
     .drive(&task, &ctx, &mut updates, cancel)
     .await;
     agent.sessions.release(&session_id);
+    agent.terminals.release_session(&session_id);
     outcome
 }
 

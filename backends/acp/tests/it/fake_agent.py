@@ -16,6 +16,12 @@ It speaks ACP v1 over stdio. What a prompt does is chosen by keywords in its tex
                         answers stopReason "cancelled"
   STOP:<reason>         answers with that stopReason
   EXIT                  writes "fake-acp: boom" on stderr and exits with status 3
+  TERM_RUN              terminal/create (sh -c: output on stdout and stderr, exit 7),
+                        wait_for_exit, output, release; reports "terminal: <json>"
+  TERM_LIMIT            a command printing 5000 bytes with outputByteLimit 10
+  TERM_KILL             `sleep 30`, terminal/kill, wait_for_exit; reports the exit status
+  TERM_OUTSIDE          terminal/create with cwd "/"; reports the error
+  TERM_LEAK             `sh -c 'echo $$; exec sleep 30'`, never released; reports "pid: N"
 
 FAKE_ACP_MODE=no_init in the environment: never answers initialize.
 """
@@ -83,6 +89,48 @@ def permission(sid, path):
     return msg.get("result", msg.get("error"))
 
 
+def result(msg):
+    return msg.get("result", msg.get("error"))
+
+
+def terminal(sid, text):
+    def create(command, args, **extra):
+        params = {"sessionId": sid, "command": command, "args": args}
+        params.update(extra)
+        return request("terminal/create", params)
+
+    def call(method, tid):
+        return request(method, {"sessionId": sid, "terminalId": tid})
+
+    if "TERM_OUTSIDE" in text:
+        chunk(sid, "terminal: " + json.dumps(result(create("pwd", [], cwd="/")), sort_keys=True))
+        return
+    if "TERM_LEAK" in text:
+        tid = result(create("sh", ["-c", "echo $$; exec sleep 30"]))["terminalId"]
+        for _ in range(100):
+            out = result(call("terminal/output", tid))["output"].strip()
+            if out:
+                break
+            threading.Event().wait(0.05)
+        chunk(sid, "pid: " + out)
+        return
+    if "TERM_RUN" in text:
+        tid = result(create("sh", ["-c", "printf 'h\\303\\251llo %s\\n' \"$PWD\"; echo err >&2; exit 7"],
+                            outputByteLimit=1000))["terminalId"]
+    elif "TERM_LIMIT" in text:
+        tid = result(create("sh", ["-c", "head -c 5000 /dev/zero | tr '\\0' x; printf END"],
+                            outputByteLimit=10))["terminalId"]
+    elif "TERM_KILL" in text:
+        tid = result(create("sleep", ["30"]))["terminalId"]
+        call("terminal/kill", tid)
+    exit_status = result(call("terminal/wait_for_exit", tid))
+    output = result(call("terminal/output", tid))
+    release = result(call("terminal/release", tid))
+    after_release = result(call("terminal/output", tid))
+    chunk(sid, "terminal: " + json.dumps({"exit": exit_status, "output": output, "release": release,
+                                          "after_release": after_release}, sort_keys=True))
+
+
 def prompt(rid, params):
     sid = params["sessionId"]
     text = " ".join(b.get("text", "") for b in params["prompt"])
@@ -103,6 +151,10 @@ def prompt(rid, params):
         outcome = permission(sid, "/tmp/after-cancel")
         chunk(sid, "permission: " + json.dumps(outcome, sort_keys=True))
         answer(rid, {"stopReason": "cancelled"})
+        return
+    if "TERM_" in text:
+        terminal(sid, text)
+        answer(rid, {"stopReason": "end_turn"})
         return
     if "UNKNOWN_NOTIFICATION" in text:
         send({"jsonrpc": "2.0", "method": "x/unknown_notification", "params": {"a": 1}})

@@ -364,3 +364,79 @@ async fn start_failures_are_clear_and_leave_nothing_running() {
             .contains("--acp-command")
     );
 }
+
+/// The JSON after `terminal: ` in the task's text.
+fn terminal_report(done: &Finished) -> serde_json::Value {
+    let text = done.text();
+    let json = text
+        .split_once("terminal: ")
+        .map(|(_, rest)| rest.trim_end_matches("hello from fake-acp"))
+        .unwrap_or_else(|| panic!("no terminal report in {text}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+#[tokio::test]
+async fn terminals_run_in_the_workspace_with_bounded_output_and_are_killed() {
+    let (_dir, work) = workspace();
+    let backend = AcpBackend::new(fake_config(&work));
+
+    let done = run(&backend, task(&work, "TERM_RUN")).await;
+    assert_eq!(
+        done.outcome.status,
+        TaskStatus::Completed,
+        "{:?}",
+        done.outcome
+    );
+    let report = terminal_report(&done);
+    assert_eq!(report["exit"]["exitCode"], 7, "{report}");
+    let output = report["output"]["output"].as_str().unwrap();
+    assert!(
+        output.contains(&format!("héllo {}\n", work.display())) && output.contains("err\n"),
+        "stdout and stderr, run in the workspace: {report}"
+    );
+    assert_eq!(report["output"]["truncated"], false);
+    assert_eq!(report["output"]["exitStatus"]["exitCode"], 7);
+    assert_eq!(report["release"], serde_json::json!({}));
+    assert_eq!(
+        report["after_release"]["code"], -32602,
+        "a released terminal is gone: {report}"
+    );
+
+    let done = run(&backend, task(&work, "TERM_LIMIT")).await;
+    let report = terminal_report(&done);
+    assert_eq!(report["output"]["truncated"], true, "{report}");
+    assert_eq!(
+        report["output"]["output"], "xxxxxxxEND",
+        "the newest 10 bytes: {report}"
+    );
+
+    let done = run(&backend, task(&work, "TERM_KILL")).await;
+    let report = terminal_report(&done);
+    assert_eq!(report["exit"]["signal"], "SIGTERM", "{report}");
+
+    let done = run(&backend, task(&work, "TERM_OUTSIDE")).await;
+    let text = done.text();
+    assert!(
+        text.contains(r#""code": -32602"#) && text.contains("outside"),
+        "{text}"
+    );
+
+    // A terminal the agent never released is killed when its task ends.
+    let done = run(&backend, task(&work, "TERM_LEAK")).await;
+    let text = done.text();
+    let pid: u32 = text
+        .split_once("pid: ")
+        .and_then(|(_, rest)| {
+            rest.split_whitespace()
+                .next()?
+                .trim_end_matches("hello")
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pid in {text}"));
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)).await,
+        "terminal {pid} outlived its task"
+    );
+    backend.shutdown().await;
+}

@@ -132,6 +132,27 @@ async fn plain_task_and_a_permitted_write_with_real_claude_acp() {
         done.outcome
     );
 
+    // A bash tool call (the adapter asks permission for it; it names no path, so the policy
+    // allows it) runs with the adapter's own tool, and its output comes back to the model.
+    let done = run(backend, task(&work, "Please TOOL_BASH")).await;
+    assert_eq!(
+        done.outcome.status,
+        TaskStatus::Completed,
+        "{:?}",
+        done.outcome
+    );
+    assert_eq!(
+        done.outcome.result.as_deref(),
+        Some("FAKE_DONE: tool said hi")
+    );
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e["params"]["update"]["kind"] == "execute"),
+        "{:?}",
+        done.kinds()
+    );
+
     // A write outside the workspace is rejected by the policy: the file never appears.
     let outside = env.dir.path().join("outside.txt");
     let prompt = format!("Please TOOL_WRITE:{} now", outside.display());
