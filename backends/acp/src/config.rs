@@ -146,6 +146,9 @@ pub struct AcpConfig {
     pub idle_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when stopping the agent (default 5 s).
     pub stop_grace: Duration,
+    /// Make the next task's session ahead of time in [`AcpConfig::workdir`] (default true;
+    /// see `spare.rs`).
+    pub prepare_sessions: bool,
 }
 
 impl AcpConfig {
@@ -228,6 +231,7 @@ impl Default for AcpConfig {
             cancel_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             stop_grace: Duration::from_secs(5),
+            prepare_sessions: true,
         }
     }
 }
@@ -247,6 +251,7 @@ impl std::fmt::Debug for AcpConfig {
             .field("cancel_timeout", &self.cancel_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("stop_grace", &self.stop_grace)
+            .field("prepare_sessions", &self.prepare_sessions)
             .finish()
     }
 }

@@ -28,6 +28,7 @@ pub mod agent;
 pub mod client;
 mod config;
 pub mod sessions;
+mod spare;
 pub mod terminal;
 pub mod turn;
 pub mod workspace;
@@ -51,6 +52,8 @@ struct Inner {
     agent: tokio::sync::Mutex<Option<Arc<AgentProcess>>>,
     /// `agentInfo` (name, version) of the last agent that answered `initialize`.
     agent_info: Mutex<Option<(String, String)>>,
+    /// The session made ahead of time for the next task.
+    spare: Arc<spare::Spare>,
 }
 
 impl AcpBackend {
@@ -61,6 +64,7 @@ impl AcpBackend {
                 config,
                 agent: tokio::sync::Mutex::new(None),
                 agent_info: Mutex::new(None),
+                spare: Arc::default(),
             }),
         }
     }
@@ -91,7 +95,17 @@ impl AcpBackend {
                 Some((info.name.clone(), info.version.clone()));
         }
         *slot = Some(agent.clone());
+        self.prepare_spare(&agent);
         Ok(agent)
+    }
+
+    fn prepare_spare(&self, agent: &Arc<AgentProcess>) {
+        let config = &self.inner.config;
+        if config.prepare_sessions && !agent.is_dead() {
+            self.inner
+                .spare
+                .prepare(agent, &config.workdir, config.session_timeout);
+        }
     }
 
     /// The pid of the running agent process, if one runs.
@@ -140,7 +154,17 @@ impl Backend for AcpBackend {
             },
             () = cancel.cancelled() => return TaskOutcome::cancelled("cancelled before the ACP agent started"),
         };
-        turn::run(&agent, &self.inner.config, task, events, cancel).await
+        let outcome = turn::run(
+            &agent,
+            &self.inner.config,
+            &self.inner.spare,
+            task,
+            events,
+            cancel,
+        )
+        .await;
+        self.prepare_spare(&agent);
+        outcome
     }
 
     async fn agent_info_fields(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::agent::{AgentProcess, describe};
 use crate::config::AcpConfig;
 use crate::sessions::SessionCtx;
+use crate::spare::Spare;
 use crate::workspace::Workspace;
 
 /// The agent's final text: the text chunks of its last message (by `messageId` when the
@@ -61,10 +62,12 @@ impl FinalText {
     }
 }
 
-/// Runs `task` on `agent`.
+/// Runs `task` on `agent`, in a session made ahead of time in its workspace when `spare`
+/// has one.
 pub async fn run(
     agent: &Arc<AgentProcess>,
     config: &AcpConfig,
+    spare: &Spare,
     task: Task,
     events: EventSink,
     cancel: CancellationToken,
@@ -84,7 +87,12 @@ pub async fn run(
         }
     };
     let session_id = tokio::select! {
-        result = agent.new_session(workspace.root(), config.session_timeout) => match result {
+        result = async {
+            match spare.take(agent, workspace.root()).await {
+                Some(id) => Ok(id),
+                None => agent.new_session(workspace.root(), config.session_timeout).await,
+            }
+        } => match result {
             Ok(id) => id,
             Err(e) => return TaskOutcome::failed(FailureKind::System, e.to_string()),
         },

@@ -24,6 +24,7 @@ It speaks ACP v1 over stdio. What a prompt does is chosen by keywords in its tex
   TERM_LEAK             `sh -c 'echo $$; exec sleep 30'`, never released; reports "pid: N"
 
 FAKE_ACP_MODE=no_init in the environment: never answers initialize.
+FAKE_ACP_SESSION_DELAY=<seconds>: session/new answers after that long.
 """
 
 import json
@@ -177,6 +178,12 @@ def prompt(rid, params):
     answer(rid, {"stopReason": "end_turn"})
 
 
+def new_session(rid, sid):
+    threading.Event().wait(float(os.environ.get("FAKE_ACP_SESSION_DELAY", "0")))
+    answer(rid, {"sessionId": sid})
+    update(sid, {"sessionUpdate": "available_commands_update", "availableCommands": []})
+
+
 def main():
     no_init = os.environ.get("FAKE_ACP_MODE") == "no_init"
     for line in sys.stdin:
@@ -200,8 +207,7 @@ def main():
             sid = "fake-session-%d" % (len(sessions) + 1)
             sessions[sid] = msg["params"]["cwd"]
             cancelled[sid] = threading.Event()
-            answer(msg["id"], {"sessionId": sid})
-            update(sid, {"sessionUpdate": "available_commands_update", "availableCommands": []})
+            threading.Thread(target=new_session, args=(msg["id"], sid), daemon=True).start()
         elif method == "session/prompt":
             threading.Thread(target=prompt, args=(msg["id"], msg["params"]), daemon=True).start()
         elif method == "session/cancel":

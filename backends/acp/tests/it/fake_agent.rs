@@ -440,3 +440,36 @@ async fn terminals_run_in_the_workspace_with_bounded_output_and_are_killed() {
     );
     backend.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_next_session_is_made_ahead_of_time() {
+    let (_dir, work) = workspace();
+    let slow = |prepare_sessions| {
+        AcpBackend::new(AcpConfig {
+            prepare_sessions,
+            ..fake_config(&work).with_env("FAKE_ACP_SESSION_DELAY", "2")
+        })
+    };
+    let backend = slow(true);
+    backend.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let done = run(&backend, task(&work, "PLAIN")).await;
+    assert_eq!(done.outcome.status, TaskStatus::Completed);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the spare session was used: {:?}",
+        started.elapsed()
+    );
+    // Its updates, sent before the task existed, were kept for it.
+    assert_eq!(done.kinds()[0], "available_commands_update");
+    backend.shutdown().await;
+
+    let backend = slow(false);
+    backend.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    run(&backend, task(&work, "PLAIN")).await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    backend.shutdown().await;
+}
