@@ -287,7 +287,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "One-turn task wall time, {runs} runs per side after 2 warm-ups (ms; start = the backend's start, once):\n"
+        "One-turn task wall time, {runs} runs per side after 2 warm-ups, {} ms between tasks \
+         (ms; start = the backend's start, once):\n",
+        gap.as_millis()
     );
     println!("| backend | mean | median | min | max | start |");
     println!("|---|---|---|---|---|---|");
