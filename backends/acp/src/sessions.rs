@@ -20,6 +20,14 @@ pub const SESSION_QUEUE: usize = 256;
 /// further unknown sessions are dropped with a warning.
 const MAX_UNCLAIMED: usize = 64;
 
+/// Bytes of updates held for unclaimed sessions, all together; beyond it they are dropped
+/// with a warning.
+pub const MAX_UNCLAIMED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Released sessions remembered, so that a late update for one is dropped instead of being
+/// held for a task that will never come.
+const REMEMBERED_RELEASED: usize = 1024;
+
 /// What a task's handlers know of its session.
 #[derive(Debug)]
 pub struct SessionCtx {
@@ -35,12 +43,33 @@ struct Route {
     /// Present until a task claims the session.
     rx: Option<mpsc::Receiver<String>>,
     ctx: Option<Arc<SessionCtx>>,
+    /// Bytes queued while unclaimed.
+    held: usize,
+}
+
+impl Route {
+    fn unclaimed() -> Self {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        Self {
+            tx,
+            rx: Some(rx),
+            ctx: None,
+            held: 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    routes: HashMap<String, Route>,
+    released: std::collections::VecDeque<String>,
+    unclaimed_bytes: usize,
 }
 
 /// The sessions of one agent process.
 #[derive(Default)]
 pub struct Sessions {
-    routes: Mutex<HashMap<String, Route>>,
+    table: Mutex<Table>,
 }
 
 /// The part of a JSON-RPC message the router reads.
@@ -83,22 +112,22 @@ pub fn classify(line: &str) -> Line {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A task takes `session_id`: updates already seen for it and every later one arrive on
     /// the receiver, and the handlers find `ctx`.
     pub fn claim(&self, session_id: &str, ctx: Arc<SessionCtx>) -> mpsc::Receiver<String> {
-        let mut routes = self.lock();
-        let route = routes.entry(session_id.to_owned()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-            Route {
-                tx,
-                rx: Some(rx),
-                ctx: None,
-            }
-        });
+        let mut table = self.lock();
+        let table = &mut *table;
+        table.released.retain(|id| id != session_id);
+        let route = table
+            .routes
+            .entry(session_id.to_owned())
+            .or_insert_with(Route::unclaimed);
+        table.unclaimed_bytes = table.unclaimed_bytes.saturating_sub(route.held);
+        route.held = 0;
         route.ctx = Some(ctx);
         route.rx.take().unwrap_or_else(|| {
             // Claimed twice (the agent reused a session id): a fresh queue for the new owner.
@@ -110,43 +139,59 @@ impl Sessions {
 
     /// The task is done with `session_id`; later updates for it are dropped.
     pub fn release(&self, session_id: &str) {
-        self.lock().remove(session_id);
+        let mut table = self.lock();
+        if let Some(route) = table.routes.remove(session_id) {
+            table.unclaimed_bytes = table.unclaimed_bytes.saturating_sub(route.held);
+        }
+        if table.released.len() >= REMEMBERED_RELEASED {
+            table.released.pop_front();
+        }
+        table.released.push_back(session_id.to_owned());
     }
 
     /// The context of a claimed session.
     pub fn ctx(&self, session_id: &str) -> Option<Arc<SessionCtx>> {
-        self.lock().get(session_id).and_then(|r| r.ctx.clone())
+        self.lock()
+            .routes
+            .get(session_id)
+            .and_then(|r| r.ctx.clone())
     }
 
     /// Routes one `session/update` line. Waits while a claimed session's queue is full.
     pub async fn route(&self, session_id: &str, line: &str) {
-        let (tx, claimed) = {
-            let mut routes = self.lock();
-            if !routes.contains_key(session_id) {
-                let unclaimed = routes.values().filter(|r| r.ctx.is_none()).count();
+        let tx = {
+            let mut table = self.lock();
+            let table = &mut *table;
+            if table.released.iter().any(|id| id == session_id) {
+                tracing::debug!(session_id, "update for a finished ACP session dropped");
+                return;
+            }
+            if !table.routes.contains_key(session_id) {
+                let unclaimed = table.routes.values().filter(|r| r.ctx.is_none()).count();
                 if unclaimed >= MAX_UNCLAIMED {
                     tracing::warn!(session_id, "update for an unknown ACP session dropped");
                     return;
                 }
-                let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-                routes.insert(
-                    session_id.to_owned(),
-                    Route {
-                        tx,
-                        rx: Some(rx),
-                        ctx: None,
-                    },
-                );
+                table
+                    .routes
+                    .insert(session_id.to_owned(), Route::unclaimed());
             }
-            let route = &routes[session_id];
-            (route.tx.clone(), route.ctx.is_some())
+            let route = table.routes.get_mut(session_id).expect("inserted above");
+            if route.ctx.is_none() {
+                if table.unclaimed_bytes + line.len() > MAX_UNCLAIMED_BYTES
+                    || route.tx.try_send(line.to_owned()).is_err()
+                {
+                    tracing::warn!(session_id, "update for an unclaimed ACP session dropped");
+                } else {
+                    route.held += line.len();
+                    table.unclaimed_bytes += line.len();
+                }
+                return;
+            }
+            route.tx.clone()
         };
-        if claimed {
-            // An error means the task has stopped listening: nothing to deliver to.
-            let _ = tx.send(line.to_owned()).await;
-        } else if tx.try_send(line.to_owned()).is_err() {
-            tracing::warn!(session_id, "update for an unclaimed ACP session dropped");
-        }
+        // An error means the task has stopped listening: nothing to deliver to.
+        let _ = tx.send(line.to_owned()).await;
     }
 
     /// Whether the session's task is cancelling it.
@@ -199,5 +244,27 @@ mod tests {
         assert!(!sessions.is_cancelling("s1"));
         sessions.release("s1");
         assert!(sessions.ctx("s1").is_none());
+        // A late update for a finished session is not held for anyone.
+        sessions.route("s1", "late").await;
+        assert!(sessions.lock().routes.is_empty());
+        assert_eq!(sessions.lock().unclaimed_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn held_updates_are_bounded_in_bytes() {
+        let sessions = Sessions::default();
+        let big = "x".repeat(MAX_UNCLAIMED_BYTES / 2 + 1);
+        sessions.route("a", &big).await;
+        sessions.route("b", &big).await; // over the total: dropped
+        sessions.route("b", "small").await;
+        assert_eq!(sessions.lock().unclaimed_bytes, big.len() + 5);
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Arc::new(SessionCtx {
+            workspace: Workspace::new(dir.path()).unwrap(),
+            cancelling: AtomicBool::new(false),
+        });
+        let mut rx = sessions.claim("b", ctx);
+        assert_eq!(rx.recv().await.as_deref(), Some("small"));
+        assert_eq!(sessions.lock().unclaimed_bytes, big.len());
     }
 }

@@ -180,8 +180,15 @@ def prompt(rid, params):
 
 def new_session(rid, sid):
     threading.Event().wait(float(os.environ.get("FAKE_ACP_SESSION_DELAY", "0")))
-    answer(rid, {"sessionId": sid})
-    update(sid, {"sessionUpdate": "available_commands_update", "availableCommands": []})
+    # The answer and the first update in one write, as an agent with one event loop sends
+    # them: nothing of a later prompt can come between.
+    with lock:
+        for msg in ({"jsonrpc": "2.0", "id": rid, "result": {"sessionId": sid}},
+                    {"jsonrpc": "2.0", "method": "session/update",
+                     "params": {"sessionId": sid, "update": {
+                         "sessionUpdate": "available_commands_update", "availableCommands": []}}}):
+            sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
 
 
 def main():
