@@ -29,6 +29,20 @@ else
     "$NPM_CLIS_DIR/node_modules/.bin/claude" --version
 fi
 
+# The Claude Code ACP adapter (Zed's; it drives Claude Code through the Agent SDK, which bundles
+# its own CLI): the acp backend's second real agent (backends/acp/tests/it/real_claude_acp.rs).
+# Pinned; it lands in .npm-clis/node_modules/.bin/claude-agent-acp.
+CLAUDE_AGENT_ACP_VERSION=0.23.1
+if [ "$(installed_version @zed-industries/claude-agent-acp)" = "$CLAUDE_AGENT_ACP_VERSION" ] \
+    && [ -x "$NPM_CLIS_DIR/node_modules/.bin/claude-agent-acp" ]; then
+    echo "claude-agent-acp $CLAUDE_AGENT_ACP_VERSION already in .npm-clis"
+else
+    command -v npm >/dev/null || { echo "npm is required to install the test CLIs" >&2; exit 1; }
+    mkdir -p "$NPM_CLIS_DIR"
+    npm install --prefix "$NPM_CLIS_DIR" --no-audit --no-fund --loglevel=error \
+        "@zed-industries/claude-agent-acp@$CLAUDE_AGENT_ACP_VERSION"
+fi
+
 # The official Python MCP SDK: the real MCP client host/tests/it/mcp.rs drives `mcp-server` with.
 MCP_PY_VERSION=2.3.0
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" = "$MCP_PY_VERSION" ]; then

@@ -291,6 +291,80 @@ impl Default for OpencodeArgs {
     }
 }
 
+/// acp backend options (`--backend acp`).
+#[derive(Debug, Args, Clone)]
+pub struct AcpArgs {
+    /// The ACP agent's command line, split as a shell would (no shell runs it), e.g.
+    /// `"opencode acp"` or `"gemini --acp"`. Overrides the preset's command.
+    #[arg(long, value_name = "COMMAND")]
+    pub acp_command: Option<String>,
+    /// A known agent: its command and the environment it needs (`opencode-acp`,
+    /// `claude-acp`).
+    #[arg(long, value_name = "NAME")]
+    pub acp_preset: Option<agentserver_backend_acp::Preset>,
+    /// Extra environment for the agent (repeatable), after the preset's.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub acp_env: Vec<(String, String)>,
+    /// Answer to the agent's permission requests: `allow` (inside the task's workspace;
+    /// outside it is rejected) or `deny`.
+    #[arg(long, value_name = "POLICY", default_value = "allow")]
+    pub acp_permissions: agentserver_backend_acp::PermissionPolicy,
+    /// Seconds the agent may take to answer `initialize`.
+    #[arg(long, default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub acp_initialize_timeout: Duration,
+    /// Seconds the agent may take to answer `session/new`.
+    #[arg(long, default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub acp_session_timeout: Duration,
+}
+
+impl Default for AcpArgs {
+    fn default() -> Self {
+        let defaults = agentserver_backend_acp::AcpConfig::default();
+        Self {
+            acp_command: None,
+            acp_preset: None,
+            acp_env: Vec::new(),
+            acp_permissions: defaults.permissions,
+            acp_initialize_timeout: defaults.initialize_timeout,
+            acp_session_timeout: defaults.session_timeout,
+        }
+    }
+}
+
+impl AcpArgs {
+    /// The acp backend's configuration for tasks in `workdir`; an error when the command
+    /// line cannot be split.
+    pub fn config(
+        &self,
+        workdir: &std::path::Path,
+    ) -> Result<agentserver_backend_acp::AcpConfig, String> {
+        let mut config = match self.acp_preset {
+            Some(preset) => {
+                agentserver_backend_acp::AcpConfig::preset(preset, workdir.to_path_buf())
+            }
+            None => agentserver_backend_acp::AcpConfig::new(Vec::new(), workdir.to_path_buf()),
+        };
+        if let Some(command) = &self.acp_command {
+            config.command = agentserver_backend_acp::split_command(command)
+                .map_err(|e| format!("--acp-command: {e}"))?;
+        }
+        for (key, value) in &self.acp_env {
+            config = config.with_env(key, value);
+        }
+        config.permissions = self.acp_permissions;
+        config.initialize_timeout = self.acp_initialize_timeout;
+        config.session_timeout = self.acp_session_timeout;
+        Ok(config)
+    }
+}
+
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
 /// Task intake options.
 #[derive(Debug, Args, Clone)]
 pub struct IntakeArgs {
@@ -353,7 +427,8 @@ pub struct PluginArgs {
 /// `run` options.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Backend: `claudecode`, `opencode`, or an installed plugin's name [default: claudecode,
+    /// Backend: `claudecode`, `opencode`, `acp` (any Agent Client Protocol agent; see
+    /// `--acp-command`, `--acp-preset`), or an installed plugin's name [default: claudecode,
     /// or with `--resume` the type the sandbox was registered with].
     #[arg(long, short = 'b', value_name = "NAME")]
     pub backend: Option<agentserver::dispatch::BackendKind>,
@@ -366,6 +441,9 @@ pub struct RunArgs {
     #[command(flatten)]
     /// opencode options.
     pub opencode: OpencodeArgs,
+    #[command(flatten)]
+    /// acp options.
+    pub acp: AcpArgs,
     #[command(flatten)]
     /// Task intake options.
     pub intake: IntakeArgs,
@@ -434,8 +512,8 @@ pub struct TaskWorkerArgs {
     /// Directory tasks run in (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Backend that runs the tasks: `claudecode` (upstream's task worker), `opencode`, or an
-    /// installed plugin.
+    /// Backend that runs the tasks: `claudecode` (upstream's task worker), `opencode`, `acp`,
+    /// or an installed plugin.
     #[arg(long, short = 'b', value_name = "NAME", default_value = "claudecode")]
     pub backend: agentserver::dispatch::BackendKind,
     #[command(flatten)]
@@ -444,6 +522,9 @@ pub struct TaskWorkerArgs {
     #[command(flatten)]
     /// opencode options.
     pub opencode: OpencodeArgs,
+    #[command(flatten)]
+    /// acp options.
+    pub acp: AcpArgs,
     #[command(flatten)]
     /// Plugin options.
     pub plugins: PluginArgs,
@@ -721,6 +802,62 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn run_acp_options() {
+        let cli = Cli::parse_from([
+            "agentserver",
+            "run",
+            "--backend",
+            "acp",
+            "--acp-preset",
+            "claude-acp",
+            "--acp-command",
+            "npx -y '@zed-industries/claude-agent-acp'",
+            "--acp-env",
+            "K=V=W",
+            "--acp-permissions",
+            "deny",
+            "--acp-session-timeout",
+            "90",
+        ]);
+        let Some(Command::Run(r)) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(r.backend, Some(agentserver::dispatch::BackendKind::Acp));
+        let config = r.acp.config(std::path::Path::new("/w")).unwrap();
+        assert_eq!(
+            config.command,
+            ["npx", "-y", "@zed-industries/claude-agent-acp"]
+        );
+        // The preset's environment first, then the user's.
+        assert!(config.env.iter().any(|(k, _)| k == "DISABLE_AUTOUPDATER"));
+        assert_eq!(config.env.last().unwrap(), &("K".into(), "V=W".into()));
+        assert_eq!(
+            config.permissions,
+            agentserver_backend_acp::PermissionPolicy::Deny
+        );
+        assert_eq!(config.session_timeout, Duration::from_secs(90));
+        assert_eq!(config.initialize_timeout, Duration::from_secs(60));
+
+        let preset = Cli::parse_from(["agentserver", "run", "--acp-preset", "opencode-acp"]);
+        let Some(Command::Run(r)) = preset.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            r.acp.config(std::path::Path::new("/w")).unwrap().command,
+            ["opencode", "acp"]
+        );
+        assert!(Cli::try_parse_from(["agentserver", "run", "--acp-preset", "gemini"]).is_err());
+        assert!(Cli::try_parse_from(["agentserver", "run", "--acp-env", "novalue"]).is_err());
+        assert_eq!(
+            AcpArgs::default()
+                .config(std::path::Path::new("/w"))
+                .unwrap()
+                .initialize_timeout,
+            Duration::from_secs(60)
+        );
     }
 
     fn verbosity(args: &[&str]) -> u8 {

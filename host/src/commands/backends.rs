@@ -10,16 +10,18 @@ use agentserver_backend_opencode::{OpencodeConfig, Token};
 use agentserver_plugin_api::Backend;
 use anyhow::Result;
 
-use crate::cli::{ClaudeArgs, OpencodeArgs, PluginArgs};
+use crate::cli::{AcpArgs, ClaudeArgs, OpencodeArgs, PluginArgs};
 
-/// Every backend's options, as the command line gave them, for tasks in `workdir`.
+/// Every backend's options, as the command line gave them, for tasks in `workdir`; an error
+/// when an option cannot be used (an `--acp-command` with unbalanced quotes).
 pub fn spec(
     workdir: &Path,
     claude: &ClaudeArgs,
     opencode: &OpencodeArgs,
+    acp: &AcpArgs,
     plugins: &PluginArgs,
-) -> BackendSpec {
-    BackendSpec {
+) -> Result<BackendSpec> {
+    Ok(BackendSpec {
         workdir: workdir.to_path_buf(),
         claudecode: claude.config(workdir),
         opencode: OpencodeConfig {
@@ -34,12 +36,13 @@ pub fn spec(
             workdir: workdir.to_path_buf(),
             ..OpencodeConfig::default()
         },
+        acp: acp.config(workdir).map_err(anyhow::Error::msg)?,
         plugins: PluginOptions {
             plugin_dirs: plugins.plugin_dir.clone(),
             allow_native: plugins.allow_native.clone(),
             ..PluginOptions::default()
         },
-    }
+    })
 }
 
 /// Builds the backend of `kind` through the registry of built-ins (and plugins on demand).

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
 use super::backends;
-use crate::cli::{DemoArgs, OpencodeArgs, PluginArgs};
+use crate::cli::{AcpArgs, DemoArgs, OpencodeArgs, PluginArgs};
 
 /// The name the bundled example WASM backend has in the demo (its default backend).
 const DEMO_EXAMPLE: &str = "example-wasm";
@@ -221,8 +221,9 @@ fn demo_backend(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<Arc
         workdir,
         &args.claude,
         &OpencodeArgs::default(),
+        &AcpArgs::default(),
         &PluginArgs::default(),
-    );
+    )?;
     Ok(registry.build(&kind, &spec)?)
 }
 

@@ -89,6 +89,7 @@ fn root_as_run(root: RootArgs) -> RunArgs {
         session: root.session,
         claude: root.claude,
         opencode: Default::default(),
+        acp: Default::default(),
         intake: root.intake,
         plugins: Default::default(),
         ops: root.ops,

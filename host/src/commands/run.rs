@@ -37,7 +37,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         args.session.resume.as_deref(),
         &store,
     )?;
-    let spec = backends::spec(&workdir, &args.claude, &args.opencode, &args.plugins);
+    let spec = backends::spec(
+        &workdir,
+        &args.claude,
+        &args.opencode,
+        &args.acp,
+        &args.plugins,
+    )?;
     let backend = backends::build(&kind, &spec)?;
     let info = backend.info();
     if kind == BackendKind::ClaudeCode {
@@ -49,6 +55,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         })
         .await
         .context("the claude CLI lookup failed")??;
+    }
+    if kind == BackendKind::Acp {
+        // Likewise, an agent that cannot be run must not leave a sandbox behind.
+        spec.acp
+            .check_program()
+            .map_err(anyhow::Error::msg)
+            .context("cannot use the acp backend")?;
     }
 
     // Ctrl-C while logging in aborts the login cleanly.
@@ -333,8 +346,13 @@ fn backend_for_session(
         },
         (Some(asked), None) => match recorded {
             Some(plugin) if plugin != *asked => anyhow::bail!(
-                "sandbox {id} belongs to the plugin `{plugin}`, not `{asked}`; resume it \
+                "sandbox {id} belongs to the {} `{plugin}`, not `{asked}`; resume it \
                  with: {}",
+                if plugin.is_builtin() {
+                    "backend"
+                } else {
+                    "plugin"
+                },
                 plugin.resume_hint(id)
             ),
             None if asked.is_builtin() => anyhow::bail!(
@@ -409,6 +427,9 @@ mod tests {
         );
         // Sessions written before the plugin was recorded (or by upstream).
         assert_eq!(ok(Some("my-plugin"), "custom", None), "my-plugin");
+        // The built-in `acp` registers as `custom` too: its recorded name brings it back.
+        assert_eq!(ok(None, "custom", Some("acp")), "acp");
+        assert_eq!(ok(Some("acp"), "custom", Some("acp")), "acp");
     }
 
     #[test]
@@ -429,6 +450,14 @@ mod tests {
         assert!(e.contains("--backend PLUGIN --resume sb1"), "{e}");
         let e = err(None, "custom", None);
         assert!(e.contains("--backend NAME --resume sb1"), "{e}");
+        let e = err(Some("my-plugin"), "custom", Some("acp"));
+        assert!(
+            e.contains("the backend `acp`")
+                && e.contains("agentserver run --backend acp --resume sb1"),
+            "{e}"
+        );
+        let e = err(Some("acp"), "custom", Some("my-plugin"));
+        assert!(e.contains("plugin `my-plugin`"), "{e}");
         let e = err(Some("other-plugin"), "custom", Some("my-plugin"));
         assert!(
             e.contains("plugin `my-plugin`")

@@ -55,7 +55,13 @@ pub async fn task_worker(args: TaskWorkerArgs) -> Result<ExitCode> {
         None => cwd,
     };
 
-    let spec = backends::spec(&workdir, &args.claude, &args.opencode, &args.plugins);
+    let spec = backends::spec(
+        &workdir,
+        &args.claude,
+        &args.opencode,
+        &args.acp,
+        &args.plugins,
+    )?;
     let backend = backends::build(&args.backend, &spec)?;
     backend
         .start()

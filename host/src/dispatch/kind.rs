@@ -12,6 +12,10 @@ pub enum BackendKind {
     ClaudeCode,
     /// `opencode`: `opencode serve`.
     Opencode,
+    /// `acp`: any Agent Client Protocol agent (`opencode acp`, `claude-agent-acp`, …) on its
+    /// stdio. Registers as `custom` (the spec has no ACP type); the session file records
+    /// `acp` as its backend, which is how `--resume` finds it again.
+    Acp,
     /// A plugin (native library or WASM component) with this name.
     Plugin(String),
 }
@@ -23,7 +27,11 @@ pub struct InvalidBackendName(pub String);
 
 impl BackendKind {
     /// The built-in backends.
-    pub const BUILTINS: [BackendKind; 2] = [BackendKind::ClaudeCode, BackendKind::Opencode];
+    pub const BUILTINS: [BackendKind; 3] = [
+        BackendKind::ClaudeCode,
+        BackendKind::Opencode,
+        BackendKind::Acp,
+    ];
 
     /// The backend the root command runs (and a new `run` without `--backend`).
     pub const DEFAULT: BackendKind = BackendKind::ClaudeCode;
@@ -33,24 +41,30 @@ impl BackendKind {
         match self {
             Self::ClaudeCode => "claudecode",
             Self::Opencode => "opencode",
+            Self::Acp => "acp",
             Self::Plugin(name) => name,
         }
     }
 
-    /// The sandbox type it registers as (spec §3.1): built-ins their own, plugins `custom`.
+    /// The sandbox type it registers as (spec §3.1): `claudecode` and `opencode` their own,
+    /// `acp` and plugins `custom` (the spec knows no other type; a server answers anything
+    /// else with 400).
     pub fn session_type(&self) -> SessionType {
         match self {
             Self::ClaudeCode => SessionType::Claudecode,
             Self::Opencode => SessionType::Opencode,
-            Self::Plugin(_) => SessionType::Custom,
+            Self::Acp | Self::Plugin(_) => SessionType::Custom,
         }
     }
 
-    /// The built-in backend whose sandboxes are registered as `session_type`, if any.
+    /// The built-in backend whose sandboxes are registered as `session_type`, if that type
+    /// names one: `claudecode` and `opencode`. `custom` is shared by `acp` and every plugin,
+    /// so it names none (the session file's recorded backend decides).
     pub fn builtin_for_session_type(session_type: &str) -> Option<Self> {
-        Self::BUILTINS
-            .into_iter()
-            .find(|kind| kind.session_type().as_str() == session_type)
+        Self::BUILTINS.into_iter().find(|kind| {
+            kind.session_type() != SessionType::Custom
+                && kind.session_type().as_str() == session_type
+        })
     }
 
     /// Whether this is a built-in backend.
@@ -138,6 +152,13 @@ mod tests {
             Some(BackendKind::Opencode)
         );
         assert_eq!(BackendKind::builtin_for_session_type("custom"), None);
+        assert_eq!(BackendKind::Acp.session_type(), SessionType::Custom);
+        assert_eq!("acp".parse::<BackendKind>().unwrap(), BackendKind::Acp);
+        assert!(BackendKind::is_reserved_name("acp"));
+        assert_eq!(
+            BackendKind::Acp.resume_hint("sb1"),
+            "agentserver run --backend acp --resume sb1"
+        );
         assert_eq!(
             BackendKind::ClaudeCode.resume_hint("sb1"),
             "agentserver --resume sb1"

@@ -1,7 +1,7 @@
 //! Dispatch: from the backend a sandbox runs ([`BackendKind`]) to a `Backend`.
 //!
 //! A [`BackendRegistry`] maps names to factories. [`BackendRegistry::with_builtins`] holds
-//! `claudecode` and `opencode`, built from their typed options in a [`BackendSpec`]; plugins
+//! `claudecode`, `opencode` and `acp`, built from their typed options in a [`BackendSpec`]; plugins
 //! are registered by the plugin loader ([`crate::plugins::register_all`]) or, when a name is
 //! not registered, loaded on demand from the plugin directories ([`BackendRegistry::resolve`]),
 //! so the plugin's own load error is what the user sees. `run`, `task-worker`, `demo` and
@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agentserver_backend_acp::{AcpBackend, AcpConfig};
 use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
 use agentserver_backend_opencode::{OpencodeBackend, OpencodeConfig};
 use agentserver_plugin_api::{Backend, BackendError, SessionType};
@@ -31,6 +32,8 @@ pub struct BackendSpec {
     pub claudecode: ClaudeCodeConfig,
     /// Options of the `opencode` backend.
     pub opencode: OpencodeConfig,
+    /// Options of the `acp` backend.
+    pub acp: AcpConfig,
     /// Where plugins are found and which native ones are allowed.
     pub plugins: PluginOptions,
 }
@@ -67,7 +70,7 @@ pub enum DispatchError {
     },
     /// A plugin that is not registered could not be loaded from the plugin directories.
     #[error(
-        "cannot load the plugin `{name}`: {source} (built-in backends: claudecode, opencode; \
+        "cannot load the plugin `{name}`: {source} (built-in backends: claudecode, opencode, acp; \
          installed plugins: `agentserver plugins list`)"
     )]
     Plugin {
@@ -112,7 +115,7 @@ impl BackendRegistry {
         Self::default()
     }
 
-    /// A registry holding the built-in backends, `claudecode` and `opencode`.
+    /// A registry holding the built-in backends, `claudecode`, `opencode` and `acp`.
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
         let claudecode: BackendFactory = Arc::new(|spec: &BackendSpec| {
@@ -129,9 +132,17 @@ impl BackendRegistry {
             };
             Ok(Arc::new(OpencodeBackend::new(config)) as Arc<dyn Backend>)
         });
+        let acp: BackendFactory = Arc::new(|spec: &BackendSpec| {
+            let config = AcpConfig {
+                workdir: spec.workdir.clone(),
+                ..spec.acp.clone()
+            };
+            Ok(Arc::new(AcpBackend::new(config)) as Arc<dyn Backend>)
+        });
         for (kind, factory) in [
             (BackendKind::ClaudeCode, claudecode),
             (BackendKind::Opencode, opencode),
+            (BackendKind::Acp, acp),
         ] {
             registry
                 .register(kind.name(), Some(kind.session_type()), factory)
@@ -294,7 +305,7 @@ mod tests {
     #[test]
     fn builtins_are_registered_with_their_session_types() {
         let reg = BackendRegistry::with_builtins();
-        assert_eq!(reg.names(), ["claudecode", "opencode"]);
+        assert_eq!(reg.names(), ["acp", "claudecode", "opencode"]);
         let spec = BackendSpec {
             workdir: PathBuf::from("/srv/work"),
             ..BackendSpec::default()

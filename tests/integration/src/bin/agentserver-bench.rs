@@ -157,7 +157,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "-h" | "--help" => {
                     eprintln!(
-                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,claudecode,plugins,idle,reliability,fleet] [--quick]\n\
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,acp,claudecode,plugins,idle,reliability,fleet] [--quick]\n\
                          build first: {BUILD_CMD}"
                     );
                     std::process::exit(0);
@@ -188,6 +188,7 @@ struct Sizes {
     tunnel: [&'static str; 5],
     intake: [&'static str; 3],
     opencode: [&'static str; 5],
+    acp: [&'static str; 5],
     claude_runs: &'static str,
     plugins: [&'static str; 2],
 }
@@ -198,6 +199,7 @@ impl Sizes {
         tunnel: ["--size-mib", "256", "--requests", "5000", "--json"],
         intake: ["--tasks", "1000", "--json"],
         opencode: ["--requests", "2000", "--concurrency", "8", "--json"],
+        acp: ["--runs", "10", "--gap-ms", "2000", "--json"],
         claude_runs: "10",
         plugins: ["2000", "--json"],
     };
@@ -206,6 +208,7 @@ impl Sizes {
         tunnel: ["--size-mib", "8", "--requests", "200", "--json"],
         intake: ["--tasks", "50", "--json"],
         opencode: ["--requests", "100", "--concurrency", "4", "--json"],
+        acp: ["--runs", "1", "--gap-ms", "0", "--json"],
         claude_runs: "1",
         plugins: ["100", "--json"],
     };
@@ -610,6 +613,21 @@ async fn main() -> anyhow::Result<()> {
                     "the opencode CLI is not installed (bash scripts/install-test-deps.sh)",
                 ),
                 (Some(bin), Some(_)) => run_child("opencode", &bin, &sizes.opencode, &[]).await,
+            },
+        );
+    }
+    if options.wants("acp") {
+        rows.extend(
+            match (
+                layout.sibling("acp-bench"),
+                layout.npm_cli("opencode", "AGENTSERVER_TEST_OPENCODE_BIN"),
+            ) {
+                (None, _) => not_built("acp"),
+                (_, None) => missing(
+                    "acp",
+                    "the opencode CLI is not installed (bash scripts/install-test-deps.sh)",
+                ),
+                (Some(bin), Some(_)) => run_child("acp", &bin, &sizes.acp, &[]).await,
             },
         );
     }
