@@ -12,18 +12,22 @@ pub enum SessionState {
     /// Working.
     Busy,
     /// Waiting to retry a failed API call.
-    Retry {
-        /// `attempt`, as sent.
-        attempt: Value,
-        /// `message`, as sent.
-        message: Value,
-        /// `next` (when the retry happens, ms since the epoch), as sent.
-        next: Value,
-    },
+    Retry(Box<Retry>),
     /// Done with the turn.
     Idle,
     /// A state this backend does not know.
     Other,
+}
+
+/// A `retry` session state's fields, as sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// `attempt`.
+    pub attempt: Value,
+    /// `message`.
+    pub message: Value,
+    /// `next` (when the retry happens, ms since the epoch).
+    pub next: Value,
 }
 
 /// One `/event` payload.
@@ -106,11 +110,11 @@ impl Event {
                 let status = &p["status"];
                 Event::SessionStatus(match status["type"].as_str() {
                     Some("busy") => SessionState::Busy,
-                    Some("retry") => SessionState::Retry {
+                    Some("retry") => SessionState::Retry(Box::new(Retry {
                         attempt: status["attempt"].clone(),
                         message: status["message"].clone(),
                         next: status["next"].clone(),
-                    },
+                    })),
                     Some("idle") => SessionState::Idle,
                     _ => SessionState::Other,
                 })
@@ -161,11 +165,11 @@ mod tests {
         let e = json!({"type":"session.status","properties":{"sessionID":"s","status":{"type":"retry","attempt":2,"message":"busy","next":5}}});
         assert_eq!(
             Event::parse(&e),
-            Event::SessionStatus(SessionState::Retry {
+            Event::SessionStatus(SessionState::Retry(Box::new(Retry {
                 attempt: json!(2),
                 message: json!("busy"),
                 next: json!(5)
-            })
+            })))
         );
         let e = json!({"type":"permission.asked","properties":{"id":"per1","permission":"bash"}});
         assert_eq!(

@@ -285,18 +285,14 @@ impl Translator {
                 self.busy_seen = true;
                 Signal::None
             }
-            Event::SessionStatus(SessionState::Retry {
-                attempt,
-                message,
-                next,
-            }) => {
+            Event::SessionStatus(SessionState::Retry(retry)) => {
                 self.busy_seen = true;
                 out.push(json!({
                     "type": "system",
                     "subtype": "api_retry",
-                    "attempt": attempt,
-                    "error": message,
-                    "next_retry_at_ms": next,
+                    "attempt": retry.attempt,
+                    "error": retry.message,
+                    "next_retry_at_ms": retry.next,
                     "session_id": self.session_id,
                     "uuid": uuid(),
                 }));
