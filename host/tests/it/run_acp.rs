@@ -113,6 +113,7 @@ async fn run_with_opencode_acp_serves_a_task_and_stops_the_agent_on_sigterm() {
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("AGENTSERVER_HOME", &state_dir)
+        .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
         .env("RUST_LOG", "warn,agentserver_backend_acp=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

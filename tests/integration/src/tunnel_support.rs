@@ -50,6 +50,7 @@ struct SlowQuery {
 /// The local HTTP server's routes:
 /// * `GET /bytes/{n}`: `n` pattern bytes, streamed in 64 KiB chunks;
 /// * `POST /echo`: the request body back, with `X-Request-Method`;
+/// * `POST /discard`: reads the body as it streams in, keeps none of it, answers its length;
 /// * `GET /sse?events=N&interval_ms=M`: `text/event-stream`, one `data: i` event every M ms;
 /// * `GET /slow?ms=N`: answers `slow ok` after N ms;
 /// * `GET /small`: `ok`;
@@ -60,6 +61,7 @@ pub fn local_router() -> Router {
     Router::new()
         .route("/bytes/{n}", get(bytes_route))
         .route("/echo", post(echo_route))
+        .route("/discard", post(discard_route))
         .route("/sse", get(sse_route))
         .route("/slow", get(slow_route))
         .route("/small", get(|| async { "ok" }))
@@ -96,6 +98,16 @@ async fn bytes_route(Path(n): Path<u64>) -> Response {
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+async fn discard_route(body: Body) -> String {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut len = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        len += chunk.len() as u64;
+    }
+    len.to_string()
 }
 
 async fn echo_route(method: axum::http::Method, body: Bytes) -> Response {

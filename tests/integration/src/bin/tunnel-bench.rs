@@ -1,5 +1,7 @@
-//! Tunnel benchmark: throughput of one 256 MiB response and p50/p99 latency of 10 000 small
-//! sequential requests, through the tunnel and directly over loopback, plus the host's RSS.
+//! Tunnel benchmark: throughput of one 256 MiB response and one 256 MiB request body, p50/p99
+//! latency of 10 000 small sequential requests, through the tunnel and directly over loopback;
+//! the host's RSS: idle, its peak during each 256 MiB transfer, and after three bursts of 200
+//! concurrent echo requests of random sizes up to 4 MiB and 10 s idle.
 //!
 //! ```text
 //! cargo run --release -p agentserver-integration --bin tunnel-bench [-- --size-mib 256 --requests 10000] [--json]
@@ -89,6 +91,53 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux: `5` to `clear_refs`).
+fn reset_hwm(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Bursts of concurrent echo requests of random sizes: the bodies are checked, the host's
+/// RSS is read after each burst.
+async fn bursts(
+    state: &std::sync::Arc<agentserver_mock::MockState>,
+    id: &str,
+    pid: u32,
+    bursts: usize,
+    per_burst: usize,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<u64>> {
+    use rand::Rng;
+    let mut after = Vec::new();
+    for burst in 0..bursts {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..per_burst {
+            let size = rand::rng().random_range(0..=max_bytes);
+            let body = pattern((burst * per_burst + i) as u64, size);
+            let state = std::sync::Arc::clone(state);
+            let id = id.to_owned();
+            set.spawn(async move {
+                let back = state
+                    .tunnel
+                    .open_http(&id, "POST", "/echo", vec![], body.clone())
+                    .await?
+                    .read_body()
+                    .await?;
+                anyhow::ensure!(
+                    back == body,
+                    "echo of {} bytes came back different",
+                    body.len()
+                );
+                Ok(())
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            done??;
+        }
+        after.push(rss_kib(pid).0);
+    }
+    Ok(after)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
@@ -139,6 +188,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     }
 
     // Throughput, direct.
+    reset_hwm(pid);
     let start = Instant::now();
     let mut body = client
         .get(format!("{local}{path}"))
@@ -176,6 +226,37 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     anyhow::ensure!(head == pattern(0, head.len()), "tunnel: corrupted body");
     let peak_after_bulk = rss_kib(pid).1;
 
+    // Upload: one body of the same size to a route that counts it as it streams in.
+    let upload = bytes::Bytes::from(pattern(0, size as usize));
+    let start = Instant::now();
+    let counted = client
+        .post(format!("{local}/discard"))
+        .body(upload.clone())
+        .send()
+        .await?
+        .text()
+        .await?;
+    let direct_up_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        counted == size.to_string(),
+        "direct upload: {counted} bytes arrived"
+    );
+    reset_hwm(pid);
+    let start = Instant::now();
+    let counted = state
+        .tunnel
+        .open_http(&id, "POST", "/discard", vec![], upload)
+        .await?
+        .read_body()
+        .await?;
+    let tunnel_up_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        counted == size.to_string().as_bytes(),
+        "tunnel upload: {} bytes arrived",
+        String::from_utf8_lossy(&counted)
+    );
+    let peak_upload = rss_kib(pid).1;
+
     // Latency, direct.
     let mut direct_lat = Vec::with_capacity(requests);
     for _ in 0..requests {
@@ -206,6 +287,11 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     tunnel_lat.sort();
     let (rss_end, hwm) = rss_kib(pid);
 
+    // Memory given back: three bursts of 200 concurrent echoes of 0–4 MiB, then 10 s idle.
+    let after_bursts = bursts(&state, &id, pid, 3, 200, 4 << 20).await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after_idle = rss_kib(pid).0;
+
     let mib = size as f64 / (1024.0 * 1024.0);
     let direct_tp = mib / direct_secs;
     let tunnel_tp = mib / tunnel_secs;
@@ -230,6 +316,40 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
         ms(tp99),
         ms(tp99) / ms(dp99)
     );
+    let up_direct = mib / direct_up_secs;
+    let up_tunnel = mib / tunnel_up_secs;
+    println!(
+        "| upload, one {size_mib} MiB body | {up_direct:.0} MiB/s | {up_tunnel:.0} MiB/s | {:.2} |",
+        up_tunnel / up_direct
+    );
+    println!();
+    let kib_mib = |k: u64| k as f64 / 1024.0;
+    println!("| host RSS | MiB | / after connect |");
+    println!("|---|---|---|");
+    println!("| after connect | {:.1} | 1.00 |", kib_mib(idle_rss));
+    println!(
+        "| peak during the {size_mib} MiB download | {:.1} | {:.2} |",
+        kib_mib(peak_after_bulk),
+        peak_after_bulk as f64 / idle_rss as f64
+    );
+    println!(
+        "| peak during the {size_mib} MiB upload | {:.1} | {:.2} |",
+        kib_mib(peak_upload),
+        peak_upload as f64 / idle_rss as f64
+    );
+    for (i, rss) in after_bursts.iter().enumerate() {
+        println!(
+            "| after burst {} of 200 echoes (0–4 MiB) | {:.1} | {:.2} |",
+            i + 1,
+            kib_mib(*rss),
+            *rss as f64 / idle_rss as f64
+        );
+    }
+    println!(
+        "| after the bursts and 10 s idle | {:.1} | {:.2} |",
+        kib_mib(after_idle),
+        after_idle as f64 / idle_rss as f64
+    );
     println!();
     println!(
         "host RSS: {:.1} MiB idle after connect, {:.1} MiB peak during the bulk transfer, {:.1} MiB at the end (peak over the run {:.1} MiB)",
@@ -247,8 +367,13 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
             row(format!("throughput, one {size_mib} MiB body"), "MiB/s", Some(direct_tp), tunnel_tp),
             row(format!("p50 latency, {requests} small requests"), "ms", Some(ms(dp50)), ms(tp50)),
             row(format!("p99 latency, {requests} small requests"), "ms", Some(ms(dp99)), ms(tp99)),
+            row(format!("throughput, one {size_mib} MiB upload"), "MiB/s", Some(up_direct), up_tunnel),
             row("host RSS, idle after connect".into(), "MiB", None, idle_rss as f64 / 1024.0),
-            row("host peak RSS over the run".into(), "MiB", None, hwm as f64 / 1024.0),
+            row(format!("host peak RSS, {size_mib} MiB download"), "MiB", None, peak_after_bulk as f64 / 1024.0),
+            row(format!("host peak RSS, {size_mib} MiB upload"), "MiB", None, peak_upload as f64 / 1024.0),
+            serde_json::json!({"measure": "host RSS after 3 bursts of 200 concurrent 0-4 MiB echoes + 10 s idle",
+                "unit": "MiB", "baseline": "RSS after connect", "baseline_value": idle_rss as f64 / 1024.0,
+                "value": after_idle as f64 / 1024.0}),
         ]});
         println!("BENCH-JSON {summary}");
     }
