@@ -66,9 +66,17 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Idle connections to the local server kept for reuse (sequential requests reuse one; a
+/// burst of 200 concurrent ones would otherwise leave 200 open, each with its buffers).
+pub const IDLE_CONNECTIONS: usize = 4;
+/// How long an idle connection to the local server is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An HTTP client for a local server: never decompresses bodies, never follows redirects (the
 /// browser should see the 3xx so its URL and cookies stay right), never goes through an
 /// `HTTP(S)_PROXY` from the environment, no overall timeout (SSE) but a 10 s connect timeout.
+/// It keeps at most [`IDLE_CONNECTIONS`] idle connections, for [`IDLE_TIMEOUT`]: after a
+/// burst of concurrent requests the rest close, with the read buffers they held.
 pub fn local_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -79,6 +87,8 @@ pub fn local_client() -> reqwest::Client {
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        .pool_max_idle_per_host(IDLE_CONNECTIONS)
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod intake;
 pub mod logging;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod paths;

@@ -409,6 +409,8 @@ async fn send_info(control: &Control, json: &[u8]) -> std::io::Result<()> {
 
 /// Serves one server-opened stream.
 async fn handle_stream(mut stream: Stream, backend: Arc<dyn Backend>) {
+    // Memory a burst of streams freed goes back to the system once they are all done.
+    let _busy = crate::memory::busy();
     let (stream_type, meta) = match read_header(&mut stream).await {
         Ok(h) => h,
         Err(e) => {

@@ -149,7 +149,19 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     let state = mock.state();
     let sandbox = state.add_sandbox("bench", "custom");
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    // `TUNNEL_BENCH_HOST_WRAPPER="heaptrack -o FILE"` runs the host under a profiler (its RSS
+    // figures are then the wrapper's).
+    let wrapper = std::env::var("TUNNEL_BENCH_HOST_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(words).arg(&exe);
+            c
+        }
+        None => tokio::process::Command::new(&exe),
+    };
+    let mut child = command
         .arg("--host-child")
         .arg(mock.url())
         .arg(&sandbox.id)
