@@ -156,16 +156,37 @@ pub fn processes_in_group(id: u32) -> Vec<ProcInfo> {
         .collect()
 }
 
+/// The live (non-zombie) process `pid`, if there is one (read from `/proc`).
+pub fn process(pid: u32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &stat)
+}
+
+/// Whether `pid` is a live process (a zombie, or no process, is not).
+pub fn is_alive(pid: u32) -> bool {
+    process(pid).is_some()
+}
+
+/// Waits (bounded, looking every 20 ms) until `pid` is no live process; returns whether it is
+/// gone.
+pub async fn wait_gone(pid: u32, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while is_alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
 fn all_processes() -> Vec<ProcInfo> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            parse_stat(pid, &stat)
-        })
+        .filter_map(process)
         .collect()
 }
 

@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Whether a pid is a live process (not a zombie): the process owner's.
+use agentserver_common::process::is_alive as alive;
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
 use opencode_support::{offline_env, real_opencode, seed_home};
@@ -47,16 +49,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start())
-            .unwrap_or("");
-        !state.starts_with('Z') && !state.starts_with('X')
-    })
 }
 
 /// Children of `parent` whose command line contains `word`.

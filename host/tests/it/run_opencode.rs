@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Whether a pid is a live process (not a zombie): the process owner's.
+use agentserver_common::process::is_alive as alive;
 use agentserver_integration::opencode_support::{offline_env, real_opencode, seed_home};
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
@@ -34,11 +36,6 @@ fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
     let ppid = rest.next()?.parse().ok()?;
     let pgrp = rest.next()?.parse().ok()?;
     Some((state, ppid, pgrp))
-}
-
-/// Whether a process with this pid exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _, _)| state != 'Z' && state != 'X')
 }
 
 /// Every live process: (pid, ppid, pgrp).

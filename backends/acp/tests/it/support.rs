@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentserver_backend_acp::{AcpBackend, AcpConfig};
+/// Waiting until a pid is no live process: the process owner's.
+pub use agentserver_common::process::wait_gone;
 use agentserver_plugin_api::{Backend, CancellationToken, EventSink, Task, TaskOutcome};
 use serde_json::Value;
 
@@ -129,30 +131,4 @@ pub async fn run_with(
 /// Runs a task to its end without cancelling it.
 pub async fn run(backend: &AcpBackend, task: Task) -> Finished {
     run_with(backend, task, CancellationToken::new(), None).await
-}
-
-/// Whether a process with this pid is alive (not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let after = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start())
-                .unwrap_or("");
-            !after.starts_with('Z') && !after.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
-/// Waits (bounded) until `pid` is gone; returns whether it is.
-pub async fn wait_gone(pid: u32, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while alive(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }

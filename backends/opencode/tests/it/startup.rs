@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentserver_backend_opencode::{OpencodeBackend, OpencodeConfig, ServerState};
+/// Whether a pid is a live process (not a zombie): the process owner's.
+use agentserver_common::process::is_alive as alive;
 use agentserver_plugin_api::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -72,17 +74,6 @@ fn config(bin: PathBuf, dir: &Path) -> OpencodeConfig {
         workdir: dir.to_path_buf(),
         ..OpencodeConfig::default()
     }
-}
-
-/// Whether a process with this pid exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start())
-            .unwrap_or("");
-        !state.starts_with('Z') && !state.starts_with('X')
-    })
 }
 
 fn read_pid(path: &Path) -> u32 {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig, RunReport};
+/// Whether a pid is a live process, and waiting until it is not: the process owner's.
+pub use agentserver_common::process::{is_alive as alive, wait_gone};
 use agentserver_plugin_api::{CancellationToken, EventSink, Task};
 use serde_json::Value;
 
@@ -104,30 +106,4 @@ pub fn fake_backend(script: &str, tweak: impl FnOnce(&mut ClaudeCodeConfig)) -> 
     .with_env("FAKE_CLAUDE_SCRIPT", script);
     tweak(&mut config);
     ClaudeCodeBackend::new(config)
-}
-
-/// Whether a process with this pid is alive (not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let after = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start())
-                .unwrap_or("");
-            !after.starts_with('Z') && !after.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
-/// Waits (bounded) until `pid` is gone; returns whether it is.
-pub async fn wait_gone(pid: u32, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while alive(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
