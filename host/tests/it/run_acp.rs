@@ -9,9 +9,7 @@
 use crate::support::run as support_run;
 use agentserver_integration::opencode_support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Whether a pid is a live process (not a zombie): the process owner's.
@@ -19,37 +17,9 @@ use agentserver_common::process::is_alive as alive;
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
 use opencode_support::{offline_env, real_opencode, seed_home};
-use support_run::{sigterm, wait_exit};
+use support_run::{KillOnDrop, drain, sigterm, wait_exit};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn drain(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    out
-}
-
-/// Kills the host if the test fails before it stopped it (its agent follows through
-/// `PR_SET_PDEATHSIG`).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Children of `parent` whose command line contains `word`.
 fn children_running(parent: u32, word: &str) -> Vec<u32> {

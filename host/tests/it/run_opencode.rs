@@ -10,10 +10,8 @@
 
 use crate::support::run as support_run;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Whether a pid is a live process (not a zombie): the process owner's.
@@ -22,7 +20,7 @@ use agentserver_integration::opencode_support::{offline_env, real_opencode, seed
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer};
 use serde_json::Value;
-use support_run::{sigterm, wait_exit};
+use support_run::{KillOnDrop, drain, sigterm, wait_exit};
 
 /// Bound on anything that includes starting opencode (1.2–1.7 s alone, more on a busy
 /// 2-core machine).
@@ -71,35 +69,6 @@ fn leftovers(pgid: u32, dir: &Path) -> Vec<(u32, Vec<String>)> {
         })
         .map(|(pid, _, _)| (pid, cmdline(pid)))
         .collect()
-}
-
-/// Collects a child's output in the background (so a full pipe never blocks it).
-fn drain(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    out
-}
-
-/// Kills the host if the test fails before it stopped it (its opencode follows through
-/// `PR_SET_PDEATHSIG`).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,3 +170,35 @@ pub fn collect_tokens(value: &serde_json::Value, into: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Collects everything `from` yields (a child's stdout or stderr) on a thread of its own, so
+/// a full pipe never stalls the child; the text so far is readable at any time.
+pub fn drain(
+    mut from: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+/// Kills and reaps the child if the test fails before it stopped it (what the child started
+/// follows through `PR_SET_PDEATHSIG`).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
