@@ -143,7 +143,7 @@ impl Families {
         );
         r.register(
             "backend_paused_until_timestamp_seconds",
-            "Unix time until which the backend is paused by a usage limit (0: not paused; no backend reports this yet)",
+            "Unix time until which the backend is paused by a usage limit (0: never paused; a time in the past: no longer paused)",
             self.backend_paused_until.clone(),
         );
         r.register(
@@ -286,7 +286,6 @@ impl Metrics {
         f.tunnel_connects.get_or_create(&label).inc_by(0);
         f.tunnel_reconnects.get_or_create(&label).inc_by(0);
         f.tunnel_disconnects.get_or_create(&label).inc_by(0);
-        // Usage limits do not exist in the backends yet: the gauge says "not paused".
         f.backend_paused_until.get_or_create(&label).set(0.0);
         f.intake_running.get_or_create(&label).set(1);
         let events = intake.subscribe();
@@ -414,6 +413,11 @@ impl Metrics {
                     }
                 });
             }
+            IntakeEvent::Paused { until, .. } => {
+                f.backend_paused_until
+                    .get_or_create(label)
+                    .set(unix_seconds(until));
+            }
             IntakeEvent::NoBridge => {}
         }
     }
@@ -533,6 +537,7 @@ impl Metrics {
                     tasks_finished: v.finished.clone(),
                     outbox_pending: v.intake.outbox_pending(),
                     last_poll_success: v.last_poll_ok.map(rfc3339),
+                    paused_until: v.intake.usage_pause().map(|p| rfc3339(p.until)),
                     last_error: v.last_error.as_ref().map(|(at, message)| LastError {
                         at: rfc3339(*at),
                         message: message.clone(),
@@ -624,6 +629,9 @@ pub struct SandboxStatus {
     pub outbox_pending: usize,
     /// Last successful task poll (RFC 3339).
     pub last_poll_success: Option<String>,
+    /// Until when a usage limit pauses this sandbox's intake (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
     /// The last thing that went wrong.
     pub last_error: Option<LastError>,
 }

@@ -112,15 +112,6 @@ impl Worker {
         // info never waits for it, and goes out again the moment it is done.
         cache.start_probe();
         let info_refresh = cache.updates();
-        let info = agent_info_source(Arc::new(cache), backend.clone(), &options.workdir);
-        let mut tunnel_config = TunnelConfig::new(
-            session.server_url.clone(),
-            session.sandbox_id.clone(),
-            session.tunnel_token.clone(),
-        );
-        tunnel_config.info_interval = options.info_interval;
-        tunnel_config.info_refresh = Some(info_refresh);
-        let tunnel = Arc::new(Tunnel::new(tunnel_config, backend.clone(), info));
 
         let mut intake_config = IntakeConfig::new(
             session.server_url.clone(),
@@ -140,6 +131,20 @@ impl Worker {
                 return Err(err.into());
             }
         };
+        let info = agent_info_source(
+            Arc::new(cache),
+            backend.clone(),
+            intake.handle(),
+            &options.workdir,
+        );
+        let mut tunnel_config = TunnelConfig::new(
+            session.server_url.clone(),
+            session.sandbox_id.clone(),
+            session.tunnel_token.clone(),
+        );
+        tunnel_config.info_interval = options.info_interval;
+        tunnel_config.info_refresh = Some(info_refresh);
+        let tunnel = Arc::new(Tunnel::new(tunnel_config, backend.clone(), info));
         Ok(Self {
             backend,
             tunnel,
@@ -246,10 +251,13 @@ pub fn drain_when_unused(handle: IntakeHandle, idle: Duration) -> tokio::task::J
 }
 
 /// The agent-info JSON for each control stream: cached capabilities (re-probed in the
-/// background when stale), the work directory and the backend's opencode version.
+/// background when stale), the work directory, the backend's own fields (opencode's version)
+/// and, while a usage limit pauses the intake, `usage_limit` (`paused_until`, RFC 3339, and
+/// the limit's `kind`; see docs/protocol.md).
 fn agent_info_source(
     cache: Arc<CapabilityCache>,
     backend: Arc<dyn Backend>,
+    intake: IntakeHandle,
     workdir: &Path,
 ) -> InfoSource {
     let workdir = workdir.to_string_lossy().into_owned();
@@ -257,8 +265,18 @@ fn agent_info_source(
         let cache = cache.clone();
         let backend = backend.clone();
         let workdir = workdir.clone();
+        let pause = intake.usage_pause();
         async move {
-            let fields = backend.agent_info_fields().await;
+            let mut fields = backend.agent_info_fields().await;
+            if let Some(pause) = pause {
+                fields.insert(
+                    "usage_limit".to_owned(),
+                    serde_json::json!({
+                        "paused_until": crate::intake::usage::utc(pause.until),
+                        "kind": pause.kind,
+                    }),
+                );
+            }
             cache.agent_info_json_now(&workdir, &fields).await
         }
         .boxed()

@@ -16,7 +16,7 @@ pub mod wit;
 
 pub use backend::{Backend, BackendError, BackendInfo, SessionType, TerminalIo, TerminalStream};
 pub use http::{HttpBody, HttpRequest, HttpResponse, InvalidPath, LocalPath, RequestBody};
-pub use task::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
+pub use task::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus, UsageLimit};
 pub use tokio_util::sync::CancellationToken;
 
 /// The semver version of this API. A plugin built against a different **major** version is

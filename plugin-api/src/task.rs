@@ -144,6 +144,22 @@ pub struct TaskOutcome {
     /// Whose fault the failure was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_kind: Option<FailureKind>,
+    /// The task ran into a usage or rate limit of the model provider: the host pauses this
+    /// sandbox's task intake until the limit resets (a failed outcome says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<UsageLimit>,
+}
+
+/// A usage or rate limit a backend ran into (Claude Code's `rate_limit_event`, an HTTP 429).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLimit {
+    /// When the limit resets, in seconds since the Unix epoch, when the provider said;
+    /// without it the host backs off (from one minute, doubling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<u64>,
+    /// Which limit, in the provider's words (`five_hour`, `seven_day`, `rate_limit`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl TaskOutcome {
@@ -156,6 +172,7 @@ impl TaskOutcome {
             num_turns: None,
             failure_reason: None,
             failure_kind: None,
+            usage_limit: None,
         }
     }
 
@@ -168,6 +185,7 @@ impl TaskOutcome {
             num_turns: None,
             failure_reason: Some(reason.into()),
             failure_kind: Some(kind),
+            usage_limit: None,
         }
     }
 

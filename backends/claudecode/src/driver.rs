@@ -313,6 +313,7 @@ async fn supervise(
     final_outcome(
         ending,
         turn.result.as_ref(),
+        turn.rate_limit.as_ref(),
         stats.exit_status.as_deref(),
         &stderr_text,
         config.idle_timeout,

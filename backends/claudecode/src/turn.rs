@@ -6,7 +6,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use agentserver_plugin_api::{FailureKind, TaskEvent, TaskOutcome, TaskStatus};
+use agentserver_plugin_api::{FailureKind, TaskEvent, TaskOutcome, TaskStatus, UsageLimit};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -23,6 +23,8 @@ pub(crate) struct Turn {
     result_at: Option<Instant>,
     /// The exit status and when it was seen.
     pub(crate) exited: Option<(ExitStatus, Instant)>,
+    /// The last `rate_limit_event` that said a limit rejects requests (`status: rejected`).
+    pub(crate) rate_limit: Option<UsageLimit>,
     last_line_at: Instant,
 }
 
@@ -50,6 +52,7 @@ impl Turn {
             result: None,
             result_at: None,
             exited: None,
+            rate_limit: None,
             last_line_at: now,
         }
     }
@@ -123,6 +126,11 @@ impl Turn {
                     .and_then(|v| control_response(&v))
                     .map_or(LineStep::Skip, LineStep::Answer);
             }
+            Some("rate_limit_event") => {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    self.on_rate_limit_event(&v);
+                }
+            }
             Some("result") if self.result.is_none() => {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
                     self.result = Some(ResultInfo::from_value(&v));
@@ -146,12 +154,49 @@ impl Turn {
     }
 }
 
+impl Turn {
+    /// A `rate_limit_event` (`{"rate_limit_info": {"status", "resetsAt", "rateLimitType"}}`):
+    /// `rejected` means requests fail until `resetsAt` (Unix seconds); `allowed` (and the
+    /// warnings) clear what an earlier event said.
+    fn on_rate_limit_event(&mut self, event: &Value) {
+        let info = event.get("rate_limit_info");
+        let field = |k: &str| info.and_then(|i| i.get(k));
+        if field("status").and_then(Value::as_str) == Some("rejected") {
+            self.rate_limit = Some(UsageLimit {
+                resets_at: field("resetsAt").and_then(Value::as_u64),
+                kind: field("rateLimitType")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            });
+        } else {
+            self.rate_limit = None;
+        }
+    }
+}
+
+/// The usage limit a failed run ran into: what a `rejected` rate-limit event said, else a 429
+/// from the API (no reset time: claude does not pass `retry-after` on).
+fn usage_limit_of(result: &ResultInfo, rate_limit: Option<&UsageLimit>) -> Option<UsageLimit> {
+    if !result.is_error {
+        return None;
+    }
+    match rate_limit {
+        Some(limit) => Some(limit.clone()),
+        None if result.api_error_status == Some(429) => Some(UsageLimit {
+            resets_at: None,
+            kind: Some("rate_limit".to_owned()),
+        }),
+        None => None,
+    }
+}
+
 /// The outcome of a run that ended with `ending`: the result message decides when there is
 /// one (an API error's reason gains the stderr tail, which may say more); otherwise the
 /// ending does, with the exit status and the stderr tail in the reason.
 pub(crate) fn final_outcome(
     ending: Ending,
     result: Option<&ResultInfo>,
+    rate_limit: Option<&UsageLimit>,
     exit_status: Option<&str>,
     stderr_text: &str,
     idle_timeout: Duration,
@@ -171,6 +216,7 @@ pub(crate) fn final_outcome(
         {
             reason.push_str(&stderr_tail);
         }
+        outcome.usage_limit = usage_limit_of(result, rate_limit);
         return outcome;
     }
     let exit = exit_status.unwrap_or("an unknown status");
@@ -317,13 +363,13 @@ mod tests {
     #[test]
     fn outcomes_without_a_result_say_why_with_the_stderr_tail() {
         let idle = Duration::from_secs(100);
-        let cancelled = final_outcome(Ending::Cancelled, None, None, "", idle);
+        let cancelled = final_outcome(Ending::Cancelled, None, None, None, "", idle);
         assert_eq!(cancelled.status, TaskStatus::Cancelled);
-        let stuck = final_outcome(Ending::IdleTimeout, None, None, "boom", idle);
+        let stuck = final_outcome(Ending::IdleTimeout, None, None, None, "boom", idle);
         let reason = stuck.failure_reason.unwrap();
         assert!(reason.contains("printed nothing for 100s"), "{reason}");
         assert!(reason.ends_with("; stderr: boom"), "{reason}");
-        let exited = final_outcome(Ending::Exited, None, Some("exit status: 3"), "", idle);
+        let exited = final_outcome(Ending::Exited, None, None, Some("exit status: 3"), "", idle);
         assert_eq!(
             exited.failure_reason.as_deref(),
             Some("claude exited with exit status: 3 without a result message")
@@ -337,14 +383,71 @@ mod tests {
         let ok = ResultInfo::from_value(
             &serde_json::json!({"subtype":"success","is_error":false,"result":"fine"}),
         );
-        let outcome = final_outcome(Ending::NoExitAfterResult, Some(&ok), None, "noise", idle);
+        let outcome = final_outcome(
+            Ending::NoExitAfterResult,
+            Some(&ok),
+            None,
+            None,
+            "noise",
+            idle,
+        );
         assert_eq!(outcome.status, TaskStatus::Completed);
         assert_eq!(outcome.result.as_deref(), Some("fine"));
         let api = ResultInfo::from_value(&serde_json::json!({
             "subtype":"success","is_error":true,"result":"API Error: 500","api_error_status":500
         }));
-        let outcome = final_outcome(Ending::Exited, Some(&api), None, "retrying", idle);
+        let outcome = final_outcome(Ending::Exited, Some(&api), None, None, "retrying", idle);
         let reason = outcome.failure_reason.unwrap();
         assert!(reason.ends_with("; stderr: retrying"), "{reason}");
+        assert_eq!(outcome.usage_limit, None);
+    }
+
+    #[test]
+    fn a_rejected_rate_limit_or_a_429_is_a_usage_limit() {
+        let idle = Duration::from_secs(100);
+        let mut turn = Turn::new(Instant::now());
+        let mut stats = RunStats::default();
+        let rejected = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796183377,"rateLimitType":"five_hour","isUsingOverage":false}}"#;
+        assert!(matches!(
+            turn.on_line(text(rejected), Instant::now(), &mut stats),
+            LineStep::Emit { .. }
+        ));
+        let limit = UsageLimit {
+            resets_at: Some(1796183377),
+            kind: Some("five_hour".into()),
+        };
+        assert_eq!(turn.rate_limit, Some(limit.clone()));
+        let failed = ResultInfo::from_value(&serde_json::json!({
+            "subtype":"success","is_error":true,"result":"You've hit your 5-hour limit","api_error_status":429
+        }));
+        let outcome = final_outcome(
+            Ending::Exited,
+            Some(&failed),
+            turn.rate_limit.as_ref(),
+            None,
+            "",
+            idle,
+        );
+        assert_eq!(outcome.status, TaskStatus::Failed);
+        assert_eq!(outcome.usage_limit, Some(limit));
+        // A 429 without an event: a limit with no reset time.
+        let outcome = final_outcome(Ending::Exited, Some(&failed), None, None, "", idle);
+        assert_eq!(
+            outcome.usage_limit,
+            Some(UsageLimit {
+                resets_at: None,
+                kind: Some("rate_limit".into())
+            })
+        );
+        // An `allowed` event clears it; a completed run never carries one.
+        let allowed = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed"}}"#;
+        turn.on_line(text(allowed), Instant::now(), &mut stats);
+        assert_eq!(turn.rate_limit, None);
+        let ok = ResultInfo::from_value(
+            &serde_json::json!({"subtype":"success","is_error":false,"result":"fine"}),
+        );
+        let limit = UsageLimit::default();
+        let outcome = final_outcome(Ending::Exited, Some(&ok), Some(&limit), None, "", idle);
+        assert_eq!(outcome.usage_limit, None);
     }
 }

@@ -20,6 +20,7 @@ mod delivery;
 pub mod outbox;
 mod reporter;
 mod runner;
+pub mod usage;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -192,6 +193,13 @@ pub enum IntakeEvent {
     Draining,
     /// Running tasks are being cancelled.
     Cancelling,
+    /// A task ran into a usage limit: no task is taken until `until`.
+    Paused {
+        /// When intake resumes.
+        until: std::time::SystemTime,
+        /// The limit's kind, when the provider named it.
+        kind: Option<String>,
+    },
 }
 
 /// What [`Intake::run`] did.
@@ -265,9 +273,15 @@ pub struct IntakeHandle {
     events: broadcast::Sender<IntakeEvent>,
     ledger: Arc<delivery::Ledger>,
     reporter: Reporter,
+    usage: Arc<usage::UsageGate>,
 }
 
 impl IntakeHandle {
+    /// The usage-limit pause in force, if any (see [`usage`]).
+    pub fn usage_pause(&self) -> Option<usage::Pause> {
+        self.usage.current()
+    }
+
     /// Final statuses written to the outbox and not yet accepted (or dropped) by the server.
     pub fn outbox_pending(&self) -> usize {
         self.reporter.pending()
@@ -342,6 +356,7 @@ pub(crate) struct Shared {
     pub(crate) no_bridge_logged: AtomicBool,
     pub(crate) cancel_all: CancellationToken,
     pub(crate) workdir: String,
+    pub(crate) usage: Arc<usage::UsageGate>,
 }
 
 /// The task intake of one sandbox.
@@ -383,6 +398,7 @@ impl Intake {
             events: events.clone(),
             ledger: delivery.ledger.clone(),
             reporter: delivery.reporter.clone(),
+            usage: Arc::new(usage::UsageGate::default()),
         };
         let workdir = config.workdir.to_string_lossy().into_owned();
         let shared = Arc::new(Shared {
@@ -395,6 +411,7 @@ impl Intake {
             no_bridge_logged: AtomicBool::new(false),
             cancel_all: handle.cancel.clone(),
             workdir,
+            usage: handle.usage.clone(),
         });
         Ok(Self { shared, handle })
     }
@@ -431,13 +448,22 @@ impl Intake {
             if drain.is_cancelled() {
                 break;
             }
-            while running.len() < max
+            // A usage limit: no task starts and none is taken until it resets.
+            let paused_until = shared.usage.current().map(|p| p.until_instant);
+            while paused_until.is_none()
+                && running.len() < max
                 && let Some(task) = queue.pop_front()
             {
                 spawn_task(&shared, &mut running, task);
             }
             let can_poll = running.len() < max && queue.is_empty();
-            if can_poll && Instant::now() >= next_poll {
+            let poll_at = match paused_until {
+                Some(until) => next_poll.max(until),
+                None => next_poll,
+            };
+            // Waiting for the pause's end matters as soon as a slot is free.
+            let can_start = can_poll || (paused_until.is_some() && running.len() < max);
+            if can_poll && paused_until.is_none() && Instant::now() >= next_poll {
                 let polled = tokio::select! {
                     r = shared.tasks.poll() => Some(r),
                     _ = shared.cancel_all.cancelled() => None,
@@ -467,7 +493,7 @@ impl Intake {
                 };
                 continue;
             }
-            let wake_at = can_poll.then_some(next_poll);
+            let wake_at = can_start.then_some(poll_at);
             tokio::select! {
                 _ = drain.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {

@@ -239,18 +239,34 @@ fn decide(shared: &Shared, result: ExecResult, ctl: &TaskCtl) -> StatusBody {
         _ => None,
     };
     match result {
-        ExecResult::Outcome(o) if o.status == TaskStatus::Completed => StatusBody {
-            status: FinalStatus::Completed,
-            result: o.result,
-            total_cost_usd: o.total_cost_usd,
-            num_turns: o.num_turns,
-            failure_reason: None,
-        },
+        ExecResult::Outcome(o) if o.status == TaskStatus::Completed => {
+            shared.usage.completed();
+            StatusBody {
+                status: FinalStatus::Completed,
+                result: o.result,
+                total_cost_usd: o.total_cost_usd,
+                num_turns: o.num_turns,
+                failure_reason: None,
+            }
+        }
         ExecResult::Outcome(o) => match stop_reason {
             Some(r) => StatusBody::failed(r),
             None => {
                 let reason = o.failure_reason.unwrap_or_default();
-                if o.status == TaskStatus::Cancelled {
+                if let Some(limit) = o.usage_limit.as_ref() {
+                    let pause = shared.usage.hit(limit);
+                    tracing::warn!(
+                        until = %super::usage::utc(pause.until),
+                        kind = pause.kind.as_deref().unwrap_or("unknown"),
+                        resets_at = ?pause.resets_at,
+                        "usage limit reached; this sandbox takes no task until then"
+                    );
+                    let _ = shared.events.send(IntakeEvent::Paused {
+                        until: pause.until,
+                        kind: pause.kind.clone(),
+                    });
+                    StatusBody::failed(failure_reason(o.failure_kind, &pause.reason(&reason)))
+                } else if o.status == TaskStatus::Cancelled {
                     StatusBody::failed(failure_reason(
                         o.failure_kind,
                         &format!("cancelled: {reason}"),

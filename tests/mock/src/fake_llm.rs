@@ -17,6 +17,7 @@
 //! | contains `FAKE_STALL` | starts the answer (SSE headers, `message_start`, …) and then never finishes: the connection stays open until the client goes away or the server stops |
 //! | contains `FAKE_ERR_<code>` | HTTP `<code>` with an Anthropic/OpenAI error body and `retry-after-ms` |
 //! | contains `FAKE_SLOW_<s>` | waits `<s>` seconds, then answers as below |
+//! | contains `FAKE_RATE_LIMIT_<s>` | HTTP 429 `rate_limit_error` with the headers of a usage limit that resets in `<s>` seconds: `retry-after: <s>` and Anthropic's `anthropic-ratelimit-unified-status: rejected`, `…-reset: <unix seconds>`, `…-representative-claim: five_hour` (`claude` logged in with an OAuth token turns these into a `rate_limit_event` with `resetsAt`) |
 //! | contains `TOOL_BASH` and a `Bash`/`bash` tool is offered | a `tool_use` of that tool with `{"command": "echo hi"}` |
 //! | contains `TOOL_WRITE:<abs path>` and a `Write`/`write` tool is offered | a `tool_use` writing `hello from fake\n` to the path |
 //! | otherwise | text [`FakeLlmConfig::text`] (default `Hello from the fake LLM.`) |
@@ -61,6 +62,8 @@ pub const FAKE_ERR: &str = "FAKE_ERR_";
 pub const FAKE_SLOW: &str = "FAKE_SLOW_";
 /// Keyword: start the answer and never finish it (the connection stays open).
 pub const FAKE_STALL: &str = "FAKE_STALL";
+/// Keyword prefix: `FAKE_RATE_LIMIT_60` answers 429 with a usage limit resetting in 60 s.
+pub const FAKE_RATE_LIMIT: &str = "FAKE_RATE_LIMIT_";
 
 /// How the fake server answers.
 #[derive(Clone, Debug)]
@@ -507,6 +510,25 @@ async fn handle(
                 _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
                 _ = state.shutdown.cancelled() => return Response::new(Body::empty()),
             }
+        }
+        if let Some(secs) = number_after(&last, FAKE_RATE_LIMIT) {
+            let resets_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + secs;
+            return json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"type": "error", "error": {"type": "rate_limit_error", "message": format!("fake usage limit, resets in {secs}s")}}),
+                &[
+                    ("retry-after", secs.to_string()),
+                    ("anthropic-ratelimit-unified-status", "rejected".to_owned()),
+                    ("anthropic-ratelimit-unified-reset", resets_at.to_string()),
+                    (
+                        "anthropic-ratelimit-unified-representative-claim",
+                        "five_hour".to_owned(),
+                    ),
+                ],
+            );
         }
         if let Some(code) = error_code(&last) {
             let kind = match code {

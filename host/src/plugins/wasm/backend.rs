@@ -404,6 +404,8 @@ fn convert_outcome(outcome: wit_types::Outcome) -> TaskOutcome {
             wit_types::FailureKind::User => FailureKind::User,
             wit_types::FailureKind::System => FailureKind::System,
         }),
+        // The WIT outcome (API 1.x) has no usage limit; a WASM plugin cannot pause its sandbox.
+        usage_limit: None,
     }
 }
 
