@@ -453,6 +453,32 @@ pub struct RunArgs {
     #[command(flatten)]
     /// Operations options.
     pub ops: OpsArgs,
+    #[command(flatten)]
+    /// Several sandboxes in one host.
+    pub many: ManyArgs,
+}
+
+/// Several sandboxes in one host (`[[sandbox]]` tables of the config file, or `--sandbox`).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Several sandboxes in one host")]
+pub struct ManyArgs {
+    /// Serve the sandboxes of this config file (`[host]` and `[[sandbox]]` tables; see
+    /// docs/operations.md). Without it, `run` with no `--backend`, `--resume`, `--continue` or
+    /// `--sandbox` serves the `[[sandbox]]` tables of ~/.agentserver/config.toml, if it has any.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve one more sandbox (repeatable): `key=value` pairs, e.g.
+    /// `--sandbox backend=claudecode,dir=~/src/web,tasks=2 --sandbox backend=opencode,dir=../api`.
+    /// Keys: `dir` (required), `backend` (default claudecode), `name` (default
+    /// `<dir name>-<backend>`; a restart resumes the sandbox of that name), `tasks` (at once,
+    /// default 1), `isolation` (`worktree`, the default in a git repository: a git worktree
+    /// per task; or `none`).
+    #[arg(long, value_name = "SPEC")]
+    pub sandbox: Vec<String>,
+    /// Tasks running at once across all sandboxes [default: `[host] max_concurrent_tasks`, else
+    /// the sum of the sandboxes' limits].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_tasks_total: Option<u16>,
 }
 
 /// `status` options.

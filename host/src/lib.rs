@@ -18,6 +18,7 @@ pub mod paths;
 pub mod plugins;
 pub mod probe;
 pub mod rfc3339;
+pub mod sandboxes;
 pub mod service;
 pub mod session_choice;
 pub mod shutdown;

@@ -30,6 +30,9 @@ pub struct SessionRequest<'a> {
     /// `--continue-or-register`: like `continue_latest`, but register a new sandbox when there
     /// is no session to continue (for services and containers, whose state directory persists).
     pub register_if_none: bool,
+    /// With `continue_latest`: continue only a session of this `name` (the sandboxes of a
+    /// config file: a restart resumes each by its name), and register under that name.
+    pub continue_named: bool,
     /// Whether a device login may be started when no valid token is at hand (`run`: stdin is a
     /// terminal, or `--login-without-tty`). When not, the choice fails at once with
     /// [`ChooseError::NoCredentials`] instead of waiting for a login nobody can approve.
@@ -169,7 +172,17 @@ pub async fn choose_session(
     let cwd = request.cwd.to_string_lossy().into_owned();
     if request.continue_latest {
         let lock = lock_store(store).await?;
-        match store.find_latest_session(&cwd, request.session_type, request.backend) {
+        let found = if request.continue_named {
+            store.find_latest_named(
+                &cwd,
+                request.session_type,
+                request.backend,
+                request.name.unwrap_or_default(),
+            )
+        } else {
+            store.find_latest_session(&cwd, request.session_type, request.backend)
+        };
+        match found {
             Ok(session) => {
                 let guard = SessionGuard::acquire(store.clone(), session)?;
                 drop(lock);

@@ -7,7 +7,7 @@
 use crate::intake::IntakeHandle;
 
 /// How far a shutdown has gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ShutdownStage {
     /// No new work; running tasks get their grace period.
     Drain,
@@ -94,13 +94,26 @@ impl ShutdownSignals {
     }
 }
 
+/// What a shutdown stage applies to: one intake, or every sandbox of a host
+/// ([`crate::sandboxes::supervisor::SupervisorHandle`]).
+pub trait ShutdownTarget {
+    /// Applies `stage`; returns how many tasks a forced exit abandons (0 for the others).
+    fn apply_shutdown(&self, stage: ShutdownStage) -> usize;
+}
+
+impl ShutdownTarget for IntakeHandle {
+    fn apply_shutdown(&self, stage: ShutdownStage) -> usize {
+        IntakeHandle::apply_shutdown(self, stage)
+    }
+}
+
 /// Applies every signal's stage to the intake, calling `on_stage` as each starts; returns
 /// after the third signal, when every unfinished task has a `cancelled by host shutdown`
 /// status saved (the caller exits at once). Never returns if fewer than three arrive, so race
 /// it against the work.
 pub async fn follow_signals(
     mut signals: ShutdownSignals,
-    handle: IntakeHandle,
+    handle: impl ShutdownTarget,
     mut on_stage: impl FnMut(ShutdownStage),
 ) {
     loop {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use agentserver_plugin_api::{Backend, BackendError};
 use futures_util::FutureExt;
@@ -36,6 +37,8 @@ pub struct WorkerOptions {
     /// The capability cache, when the caller started probing early (at process start, so
     /// the probe overlaps login and registration); a new one otherwise.
     pub capabilities: Option<CapabilityCache>,
+    /// The host-wide task capacity shared with the host's other sandboxes.
+    pub capacity: crate::intake::capacity::HostCapacity,
 }
 
 impl WorkerOptions {
@@ -50,6 +53,7 @@ impl WorkerOptions {
             outbox_dir: crate::paths::outbox_dir(),
             timeouts: Default::default(),
             capabilities: None,
+            capacity: crate::intake::capacity::HostCapacity::unlimited(),
         }
     }
 }
@@ -77,6 +81,38 @@ pub struct Worker {
     tunnel: Arc<Tunnel>,
     intake: Intake,
     tunnel_cancel: CancellationToken,
+    info_triggers: InfoTriggers,
+}
+
+/// What makes the tunnel send agent info before its period: a finished capability probe
+/// (shared by every sandbox of the host) and a usage-limit pause of this sandbox's intake.
+struct InfoTriggers {
+    probed: tokio::sync::watch::Receiver<u64>,
+    refresh: Arc<tokio::sync::Notify>,
+}
+
+impl InfoTriggers {
+    /// Turns each trigger into one stored wake-up of this tunnel's info loop.
+    async fn forward(mut self, mut intake: broadcast::Receiver<crate::intake::IntakeEvent>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut probes_open = true;
+        loop {
+            tokio::select! {
+                changed = self.probed.changed(), if probes_open => {
+                    if changed.is_err() {
+                        probes_open = false;
+                        continue;
+                    }
+                }
+                event = intake.recv() => match event {
+                    Ok(crate::intake::IntakeEvent::Paused { .. }) => {}
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                },
+            }
+            self.refresh.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -111,7 +147,8 @@ impl Worker {
         // Probe now at the latest (the caller may have started at process start): the agent
         // info never waits for it, and goes out again the moment it is done.
         cache.start_probe();
-        let info_refresh = cache.updates();
+        let probed = cache.updates();
+        let info_refresh = Arc::new(tokio::sync::Notify::new());
 
         let mut intake_config = IntakeConfig::new(
             session.server_url.clone(),
@@ -124,6 +161,7 @@ impl Worker {
         intake_config.grace_period = options.grace_period;
         intake_config.outbox_dir = options.outbox_dir.clone();
         intake_config.timeouts = options.timeouts;
+        intake_config.capacity = options.capacity.clone();
         let intake = match Intake::new(intake_config, backend.clone()) {
             Ok(intake) => intake,
             Err(err) => {
@@ -143,14 +181,23 @@ impl Worker {
             session.tunnel_token.clone(),
         );
         tunnel_config.info_interval = options.info_interval;
-        tunnel_config.info_refresh = Some(info_refresh);
+        tunnel_config.info_refresh = Some(info_refresh.clone());
         let tunnel = Arc::new(Tunnel::new(tunnel_config, backend.clone(), info));
         Ok(Self {
             backend,
             tunnel,
             intake,
             tunnel_cancel: CancellationToken::new(),
+            info_triggers: InfoTriggers {
+                probed,
+                refresh: info_refresh,
+            },
         })
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> String {
+        self.backend.info().name
     }
 
     /// Controls the intake (drain, cancel) and subscribes to its events.
@@ -183,17 +230,23 @@ impl Worker {
             tunnel,
             intake,
             tunnel_cancel,
+            info_triggers,
         } = self;
+        let triggers = tokio::spawn(info_triggers.forward(intake.handle().subscribe()));
         let tunnel_task = {
             let tunnel = tunnel.clone();
             let cancel = tunnel_cancel.clone();
-            tokio::spawn(async move {
-                if let Err(err) = tunnel.run(cancel).await {
-                    tracing::error!(%err, "the tunnel cannot run");
+            tokio::spawn(
+                async move {
+                    if let Err(err) = tunnel.run(cancel).await {
+                        tracing::error!(%err, "the tunnel cannot run");
+                    }
                 }
-            })
+                .in_current_span(),
+            )
         };
         let summary = intake.run().await;
+        triggers.abort();
         tunnel_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(5), tunnel_task)
             .await

@@ -105,6 +105,7 @@ async fn run_demo(args: &DemoArgs, state_dir: &Path, workdir: &Path) -> Result<(
         resume: None,
         continue_latest: false,
         register_if_none: false,
+        continue_named: false,
         // The embedded server approves the login by itself.
         device_login: true,
         server: Some(&url),

@@ -9,6 +9,7 @@ mod list;
 mod login;
 mod remove;
 mod run;
+mod run_many;
 mod service;
 mod status;
 mod task_worker;
@@ -93,6 +94,7 @@ fn root_as_run(root: RootArgs) -> RunArgs {
         intake: root.intake,
         plugins: Default::default(),
         ops: root.ops,
+        many: Default::default(),
     }
 }
 

@@ -26,6 +26,9 @@ use crate::cli::RunArgs;
 /// Runs one sandbox until the intake has drained after a signal.
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    if let Some(config) = super::run_many::requested(&args, &cwd)? {
+        return super::run_many::run(args, config).await;
+    }
     let workdir = absolute_workdir(&cwd, args.session.work_dir.as_deref())?;
     // Capabilities are probed from the start, in parallel with everything below (login,
     // registration, the backend's start), so the first agent info rarely lacks them.
@@ -80,6 +83,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         resume: args.session.resume.as_deref(),
         continue_latest: args.session.continue_ || args.session.continue_or_register,
         register_if_none: args.session.continue_or_register,
+        continue_named: false,
         device_login: args.session.login_without_tty || std::io::stdin().is_terminal(),
         server: args.session.server.as_deref(),
         name: args.session.name.as_deref(),
@@ -210,6 +214,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 /// Claude Code extras at start (spec §5 step 6): `.mcp.json` for delegation, and the fixed
 /// agent card for servers older than v0.37 when asked. Failures are logged, never fatal.
 async fn prepare_claudecode(args: &RunArgs, session: &agentserver::state::Session, workdir: &Path) {
+    inject_mcp_config(session, workdir);
+    if args.intake.register_card {
+        register_card(session).await;
+    }
+}
+
+/// `.mcp.json` in `workdir` for delegation (spec §10.1); a failure is logged, never fatal.
+pub(super) fn inject_mcp_config(session: &agentserver::state::Session, workdir: &Path) {
     match std::env::current_exe().and_then(|p| p.canonicalize()) {
         Ok(exe) => {
             if let Err(err) = agentserver_backend_claudecode::inject_mcp_config(
@@ -224,9 +236,6 @@ async fn prepare_claudecode(args: &RunArgs, session: &agentserver::state::Sessio
             }
         }
         Err(err) => tracing::warn!(%err, "cannot resolve the agentserver executable for .mcp.json"),
-    }
-    if args.intake.register_card {
-        register_card(session).await;
     }
 }
 

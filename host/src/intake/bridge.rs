@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use agentserver_plugin_api::TaskEvent;
 use futures_util::StreamExt;
@@ -325,12 +326,12 @@ impl BridgeSession {
             stop: CancellationToken::new(),
         };
         session.report_state(WorkerState::Idle).await?;
-        tokio::spawn(heartbeat_loop(session.shared.clone(), session.stop.clone()));
-        tokio::spawn(sse_loop(
-            session.shared.clone(),
-            session.stop.clone(),
-            on_inbound,
-        ));
+        tokio::spawn(
+            heartbeat_loop(session.shared.clone(), session.stop.clone()).in_current_span(),
+        );
+        tokio::spawn(
+            sse_loop(session.shared.clone(), session.stop.clone(), on_inbound).in_current_span(),
+        );
         Ok(session)
     }
 

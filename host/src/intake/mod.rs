@@ -15,6 +15,7 @@
 //!   backend that does not return within [`IntakeConfig::cancel_timeout`] is abandoned.
 
 pub mod bridge;
+pub mod capacity;
 pub mod client;
 mod delivery;
 pub mod outbox;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use tracing::Instrument;
 
 use agentserver_plugin_api::Backend;
 use tokio::sync::broadcast;
@@ -91,6 +93,9 @@ pub struct IntakeConfig {
     pub event_buffer: usize,
     /// HTTP timeouts of polls and status reports (default 60 s each).
     pub timeouts: TaskTimeouts,
+    /// The host-wide task capacity this intake shares with the host's other sandboxes
+    /// (default: unlimited, only [`IntakeConfig::max_concurrent_tasks`] counts).
+    pub capacity: capacity::HostCapacity,
 }
 
 impl IntakeConfig {
@@ -120,6 +125,7 @@ impl IntakeConfig {
             bridge: BridgeTimings::default(),
             event_buffer: 256,
             timeouts: TaskTimeouts::default(),
+            capacity: capacity::HostCapacity::unlimited(),
         }
     }
 }
@@ -357,6 +363,7 @@ pub(crate) struct Shared {
     pub(crate) cancel_all: CancellationToken,
     pub(crate) workdir: String,
     pub(crate) usage: Arc<usage::UsageGate>,
+    pub(crate) capacity: capacity::HostCapacity,
 }
 
 /// The task intake of one sandbox.
@@ -401,6 +408,7 @@ impl Intake {
             usage: Arc::new(usage::UsageGate::default()),
         };
         let workdir = config.workdir.to_string_lossy().into_owned();
+        let capacity = config.capacity.clone();
         let shared = Arc::new(Shared {
             config,
             tasks,
@@ -412,6 +420,7 @@ impl Intake {
             cancel_all: handle.cancel.clone(),
             workdir,
             usage: handle.usage.clone(),
+            capacity,
         });
         Ok(Self { shared, handle })
     }
@@ -444,26 +453,41 @@ impl Intake {
         let mut next_poll = Instant::now();
         let mut poll_failures = 0u32;
 
+        // A slot of the host-wide capacity taken for the next task (held only while a task
+        // is about to start or a poll is out, never while waiting for the poll interval).
+        let mut slot: Option<capacity::Slot> = None;
         loop {
             if drain.is_cancelled() {
                 break;
             }
             // A usage limit: no task starts and none is taken until it resets.
             let paused_until = shared.usage.current().map(|p| p.until_instant);
-            while paused_until.is_none()
-                && running.len() < max
-                && let Some(task) = queue.pop_front()
-            {
-                spawn_task(&shared, &mut running, task);
+            while paused_until.is_none() && running.len() < max && !queue.is_empty() {
+                let Some(taken) = slot.take().or_else(|| shared.capacity.try_take()) else {
+                    break;
+                };
+                if let Some(task) = queue.pop_front() {
+                    spawn_task(&shared, &mut running, task, taken);
+                }
             }
-            let can_poll = running.len() < max && queue.is_empty();
+            let local_room = running.len() < max;
+            let can_poll = local_room && queue.is_empty();
             let poll_at = match paused_until {
                 Some(until) => next_poll.max(until),
                 None => next_poll,
             };
             // Waiting for the pause's end matters as soon as a slot is free.
-            let can_start = can_poll || (paused_until.is_some() && running.len() < max);
-            if can_poll && paused_until.is_none() && Instant::now() >= next_poll {
+            let can_start = can_poll || (paused_until.is_some() && local_room);
+            let due = can_poll && paused_until.is_none() && Instant::now() >= next_poll;
+            if due && slot.is_none() {
+                slot = shared.capacity.try_take();
+            }
+            // Room here but none in the host: wait for another sandbox's task to end.
+            let wants_slot = paused_until.is_none()
+                && local_room
+                && slot.is_none()
+                && (due || !queue.is_empty());
+            if due && slot.is_some() {
                 let polled = tokio::select! {
                     r = shared.tasks.poll() => Some(r),
                     _ = shared.cancel_all.cancelled() => None,
@@ -482,20 +506,23 @@ impl Intake {
                         if got {
                             Instant::now()
                         } else {
+                            slot = None;
                             Instant::now() + interval
                         }
                     }
                     Err(err) => {
                         poll_failures += 1;
                         poll_failed(&shared, &err, poll_failures);
+                        slot = None;
                         Instant::now() + interval
                     }
                 };
                 continue;
             }
-            let wake_at = can_start.then_some(poll_at);
+            let wake_at = (can_start && !wants_slot).then_some(poll_at);
             tokio::select! {
                 _ = drain.cancelled() => break,
+                taken = shared.capacity.take(), if wants_slot => slot = Some(taken),
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Err(err) = done {
                         tracing::error!(%err, "task runner failed");
@@ -634,31 +661,41 @@ async fn report_malformed(shared: &Shared, bad: client::MalformedTask) {
     }
 }
 
-fn spawn_task(shared: &Arc<Shared>, running: &mut JoinSet<()>, task: PolledTask) {
+fn spawn_task(
+    shared: &Arc<Shared>,
+    running: &mut JoinSet<()>,
+    task: PolledTask,
+    slot: capacity::Slot,
+) {
     let shared = shared.clone();
     let cancel = shared.cancel_all.child_token();
-    running.spawn(async move {
-        let task_id = task.task_id.clone();
-        let fut = std::panic::AssertUnwindSafe(runner::run_task(shared.clone(), task, cancel));
-        if let Err(panic) = futures_util::FutureExt::catch_unwind(fut).await {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(task = %task_id, %msg, "task runner panicked");
-            // The runner panics only before finalizing (finalize itself does not panic).
-            if !shared.delivery.outbox.path_of(&task_id).exists() {
-                shared
-                    .delivery
-                    .finalize(
-                        &task_id,
-                        StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
-                    )
-                    .await;
+    running.spawn(
+        async move {
+            // The host-wide slot is given back when the task's runner ends.
+            let _slot = slot;
+            let task_id = task.task_id.clone();
+            let fut = std::panic::AssertUnwindSafe(runner::run_task(shared.clone(), task, cancel));
+            if let Err(panic) = futures_util::FutureExt::catch_unwind(fut).await {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(task = %task_id, %msg, "task runner panicked");
+                // The runner panics only before finalizing (finalize itself does not panic).
+                if !shared.delivery.outbox.path_of(&task_id).exists() {
+                    shared
+                        .delivery
+                        .finalize(
+                            &task_id,
+                            StatusBody::failed(format!("{SYSTEM_PREFIX}internal error: {msg}")),
+                        )
+                        .await;
+                }
             }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

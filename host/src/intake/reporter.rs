@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -90,18 +91,21 @@ impl Reporter {
         }
         self.inner.pending.fetch_add(1, Ordering::SeqCst);
         let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let task_id = entry.task_id.clone();
-            deliver_loop(&inner, entry, verify_first).await;
-            inner
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&task_id);
-            if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                inner.idle.notify_waiters();
+        tokio::spawn(
+            async move {
+                let task_id = entry.task_id.clone();
+                deliver_loop(&inner, entry, verify_first).await;
+                inner
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&task_id);
+                if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    inner.idle.notify_waiters();
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Keeps the outbox's owner lock until the reporter and every delivery it started are

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use agentserver_common::grace::{Graceful, call_with_grace};
 use agentserver_plugin_api::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus};
@@ -150,13 +151,16 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
 
     let (sink, rx) = EventSink::channel(shared.config.event_buffer);
     let finish = CancellationToken::new();
-    let mut forwarder = tokio::spawn(forward_events(
-        rx,
-        bridge.clone().filter(|_| bridge_ok),
-        ctl.clone(),
-        finish.clone(),
-        task_id.clone(),
-    ));
+    let mut forwarder = tokio::spawn(
+        forward_events(
+            rx,
+            bridge.clone().filter(|_| bridge_ok),
+            ctl.clone(),
+            finish.clone(),
+            task_id.clone(),
+        )
+        .in_current_span(),
+    );
 
     let result = if cancel.is_cancelled() {
         drop(sink);
@@ -164,7 +168,9 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
     } else {
         let backend = shared.backend.clone();
         let exec_cancel = cancel.clone();
-        let exec = tokio::spawn(async move { backend.execute(task, sink, exec_cancel).await });
+        let exec = tokio::spawn(
+            async move { backend.execute(task, sink, exec_cancel).await }.in_current_span(),
+        );
         // The backend holds the same cancellation token: nothing more to tell it on a stop.
         let grace = shared.config.cancel_timeout;
         match call_with_grace(exec, cancel.cancelled(), |_| {}, grace).await {

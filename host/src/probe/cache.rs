@@ -25,7 +25,7 @@ struct Inner {
     /// Serialises the first probe so concurrent first callers share it.
     first: tokio::sync::Mutex<()>,
     /// Notified each time a probe stores its result.
-    updates: Arc<tokio::sync::Notify>,
+    updates: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +48,7 @@ impl CapabilityCache {
                 max_age,
                 state: Mutex::new(State::default()),
                 first: tokio::sync::Mutex::new(()),
-                updates: Arc::new(tokio::sync::Notify::new()),
+                updates: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -102,10 +102,10 @@ impl CapabilityCache {
         report
     }
 
-    /// Notified (one stored permit) each time a probe finishes: the tunnel sends agent info
-    /// then instead of waiting for its next period.
-    pub fn updates(&self) -> Arc<tokio::sync::Notify> {
-        Arc::clone(&self.inner.updates)
+    /// Changes (a count of finished probes) each time a probe finishes, for every receiver:
+    /// each sandbox's tunnel sends agent info then instead of waiting for its next period.
+    pub fn updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.updates.subscribe()
     }
 
     /// The cached report if any, starting a background refresh when it is stale.
@@ -129,7 +129,7 @@ impl CapabilityCache {
         state.report = Some((report, Instant::now()));
         state.refreshing = false;
         drop(state);
-        self.inner.updates.notify_one();
+        self.inner.updates.send_modify(|n| *n += 1);
     }
 
     /// The full agent-info document: system info collected now (within its budget) and the

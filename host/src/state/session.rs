@@ -216,12 +216,35 @@ impl SessionStore {
         session_type: &str,
         backend: Option<&str>,
     ) -> Result<Session, StateError> {
+        self.find_latest_where(dir, session_type, backend, |_| true)
+    }
+
+    /// [`SessionStore::find_latest_session`] among the sessions named `name` (a configured
+    /// sandbox's sessions).
+    pub fn find_latest_named(
+        &self,
+        dir: &str,
+        session_type: &str,
+        backend: Option<&str>,
+        name: &str,
+    ) -> Result<Session, StateError> {
+        self.find_latest_where(dir, session_type, backend, |s| s.name == name)
+    }
+
+    fn find_latest_where(
+        &self,
+        dir: &str,
+        session_type: &str,
+        backend: Option<&str>,
+        also: impl Fn(&Session) -> bool,
+    ) -> Result<Session, StateError> {
         self.list()?
             .into_iter()
             .find(|s| {
                 (dir.is_empty() || s.dir == dir)
                     && (session_type.is_empty() || s.session_type == session_type)
                     && (backend.is_none() || s.backend.is_none() || s.backend.as_deref() == backend)
+                    && also(s)
                     && !s.is_alive()
             })
             .ok_or(StateError::NoResumableSession)

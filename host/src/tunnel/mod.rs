@@ -18,6 +18,7 @@ pub mod http;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use agentserver_mux::{
     Control, Mode, Session, SessionError, Stream, StreamType, WsByteStream, read_header,
@@ -327,17 +328,20 @@ impl Tunnel {
         self.status.send_replace(TunnelStatus::Connected);
         self.emit(TunnelEvent::Connected { attempt });
 
-        let info_task = tokio::spawn(info_loop(
-            control.clone(),
-            Arc::clone(&self.info),
-            self.config.info_interval,
-            self.config.info_refresh.clone(),
-            self.events.clone(),
-        ));
+        let info_task = tokio::spawn(
+            info_loop(
+                control.clone(),
+                Arc::clone(&self.info),
+                self.config.info_interval,
+                self.config.info_refresh.clone(),
+                self.events.clone(),
+            )
+            .in_current_span(),
+        );
         let backend = Arc::clone(&self.backend);
         let accept = async move {
             while let Some(stream) = incoming.next().await {
-                tokio::spawn(handle_stream(stream, Arc::clone(&backend)));
+                tokio::spawn(handle_stream(stream, Arc::clone(&backend)).in_current_span());
             }
         };
         let outcome = tokio::select! {

@@ -59,6 +59,7 @@ async fn login_register_and_refresh_log_no_token() {
         resume: None,
         continue_latest: false,
         register_if_none: false,
+        continue_named: false,
         device_login: true,
         server: Some(&server),
         name: Some("leak-check"),

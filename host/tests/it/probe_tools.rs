@@ -370,7 +370,7 @@ async fn agent_info_goes_out_at_once_and_capabilities_follow_when_probed() {
     fake_tool(dir.path(), "node", &hang());
     let cache =
         CapabilityCache::new(prober(dir.path()).with_probe_timeout(Duration::from_millis(800)));
-    let updates = cache.updates();
+    let mut updates = cache.updates();
     let started = Instant::now();
     cache.start_probe();
     let first: serde_json::Value =
@@ -388,9 +388,10 @@ async fn agent_info_goes_out_at_once_and_capabilities_follow_when_probed() {
         "{first}"
     );
 
-    tokio::time::timeout(Duration::from_secs(10), updates.notified())
+    tokio::time::timeout(Duration::from_secs(10), updates.changed())
         .await
-        .expect("the probe finished and said so");
+        .expect("the probe finished and said so")
+        .expect("the cache is alive");
     let next: serde_json::Value =
         serde_json::from_slice(&cache.agent_info_json_now("/w", &Default::default()).await)
             .unwrap();

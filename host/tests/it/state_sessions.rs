@@ -162,6 +162,7 @@ fn request<'a>(cwd: &'a std::path::Path, ty: &'a str) -> SessionRequest<'a> {
         resume: None,
         continue_latest: false,
         register_if_none: false,
+        continue_named: false,
         device_login: true,
         server: None,
         name: None,
@@ -318,6 +319,7 @@ async fn continue_picks_the_newest_inactive_session_of_this_dir_and_type() {
             let req = SessionRequest {
                 continue_latest: true,
                 register_if_none: false,
+                continue_named: false,
                 device_login: true,
                 ..request(std::path::Path::new(dir), ty)
             };
