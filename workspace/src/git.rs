@@ -107,6 +107,8 @@ fn is_lock_error(stderr: &[u8]) -> bool {
         || s.contains("could not lock")
         || s.contains("Unable to create")
         || s.contains("unable to create") && s.contains("lock")
+        // Another process's `git worktree add` half-way through making its admin entry.
+        || s.contains("failed to read") && (s.contains("commondir") || s.contains("gitdir"))
 }
 
 /// Runs git, retrying with a short backoff while it fails on a lock; an error after that.

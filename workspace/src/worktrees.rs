@@ -162,6 +162,11 @@ pub struct Worktrees {
     disk_cap_bytes: Option<u64>,
     prefix: String,
     state: Mutex<State>,
+    /// Held around every git command that reads or writes the repository's worktree admin files
+    /// or refs (`worktree add/remove/prune/list`, `branch`): concurrent `git worktree` commands
+    /// in one repository race (one reads another's half-made `.git/worktrees/<id>` and dies with
+    /// "failed to read …/commondir"; a prune can delete an entry being made).
+    admin: Mutex<()>,
 }
 
 impl fmt::Debug for Worktrees {
@@ -294,6 +299,7 @@ impl Worktrees {
                 index,
                 active: HashMap::new(),
             }),
+            admin: Mutex::new(()),
         })
     }
 
@@ -310,6 +316,30 @@ impl Worktrees {
     /// Bytes on disk under the base directory now.
     pub fn disk_usage(&self) -> u64 {
         disk_usage(&self.base_dir)
+    }
+
+    /// Runs git in the repository under the admin lock.
+    fn admin_git(&self, args: &[&OsStr]) -> Result<std::process::Output, WorkspaceError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        git::run(&self.repo, args)
+    }
+
+    /// `git worktree add --no-checkout` under the admin lock (fast: admin files and `HEAD`), then
+    /// the checkout (`git reset --hard`, the slow part) outside it, in the new worktree alone.
+    fn add_worktree(&self, path: &Path, branch: &str) -> Result<(), WorkspaceError> {
+        self.admin_git(args![
+            "worktree",
+            "add",
+            "-q",
+            "--no-checkout",
+            path,
+            branch
+        ])?;
+        if let Err(e) = git::run(path, args!["reset", "--hard", "-q"]) {
+            let _ = self.remove_worktree(path);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -411,10 +441,7 @@ impl Worktrees {
                 return Err(e);
             }
         }
-        let added = git::run(
-            &self.repo,
-            args!["worktree", "add", "-q", path, branch.as_str()],
-        );
+        let added = self.add_worktree(path, &branch);
         if let Err(e) = added {
             let mut state = self.state();
             self.undo_prepare(&mut state, dir_name, session_key, previous, &branch);
@@ -448,7 +475,7 @@ impl Worktrees {
             };
         }
         // The branch has no work on it yet.
-        let _ = git::run(&self.repo, args!["branch", "-D", branch]);
+        let _ = self.admin_git(args!["branch", "-D", branch]);
     }
 
     /// Something exists at a task's path: finish our own leftover there, remove an empty
@@ -511,7 +538,7 @@ impl Worktrees {
             } else {
                 format!("{base}-{n}")
             };
-            match git::run(&self.repo, args!["branch", "--no-track", &name, start]) {
+            match self.admin_git(args!["branch", "--no-track", &name, start]) {
                 Ok(_) => return Ok(name),
                 Err(WorkspaceError::Git { stderr, .. }) if stderr.contains("already exists") => {
                     continue;
@@ -567,7 +594,7 @@ impl Worktrees {
                 // Detached: give the work a branch before the directory goes.
                 let name = format!("{branch}-detached-{}", &head[..head.len().min(12)]);
                 if self.commit_of(&format!("refs/heads/{name}")).is_none() {
-                    git::run(&self.repo, args!["branch", "--no-track", &name, &head])
+                    self.admin_git(args!["branch", "--no-track", &name, &head])
                         .map_err(commit_failed)?;
                 }
                 name
@@ -616,7 +643,7 @@ impl Worktrees {
     /// `git worktree remove --force`, falling back to deleting the directory; then prune.
     fn remove_worktree(&self, path: &Path) -> Result<(), WorkspaceError> {
         if path.exists()
-            && let Err(e) = git::run(&self.repo, args!["worktree", "remove", "--force", path])
+            && let Err(e) = self.admin_git(args!["worktree", "remove", "--force", path])
         {
             tracing::warn!(path = %path.display(), error = %e, "git worktree remove failed; deleting the directory");
             match fs::remove_dir_all(path) {
@@ -631,12 +658,12 @@ impl Worktrees {
     /// `git worktree prune`: drops the repository's admin entries of worktree directories that
     /// no longer exist (deleted by hand).
     pub fn prune(&self) -> Result<(), WorkspaceError> {
-        git::run(&self.repo, args!["worktree", "prune"]).map(drop)
+        self.admin_git(args!["worktree", "prune"]).map(drop)
     }
 
     /// The repository's worktrees (`git worktree list --porcelain -z`), main one included.
     fn list(&self) -> Result<Vec<Listed>, WorkspaceError> {
-        let out = git::run(&self.repo, args!["worktree", "list", "--porcelain", "-z"])?;
+        let out = self.admin_git(args!["worktree", "list", "--porcelain", "-z"])?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut all = Vec::new();
         let mut cur: Option<Listed> = None;

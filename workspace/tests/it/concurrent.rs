@@ -48,3 +48,43 @@ fn four_concurrent_tasks_get_four_branches_and_leave_the_checkout_untouched() {
     assert_eq!(base_entries(wt.base_dir()), Vec::<String>::new());
     assert_eq!(worktree_paths(&fx.repo).len(), 1);
 }
+
+/// Prepares and finishes overlapping (one thread's finish prunes while another's add runs):
+/// the race that made bare concurrent `git worktree add`s fail ("failed to read …/commondir").
+#[test]
+fn overlapping_prepares_and_finishes_from_eight_threads_all_succeed() {
+    let fx = Fixture::new();
+    for i in 0..50 {
+        std::fs::write(fx.repo.join(format!("f{i}.txt")), "x".repeat(1000)).unwrap();
+    }
+    git(&fx.repo, &["add", "-A"]);
+    git(&fx.repo, &["commit", "-q", "-m", "files"]);
+    let wt = Arc::new(fx.open());
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let wt = Arc::clone(&wt);
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    let session = format!("s{}", i % 4);
+                    let key = (i < 4).then_some(session.as_str());
+                    let id = format!("o-{i}-{round}");
+                    let ws = wt.prepare(&id, key).unwrap();
+                    std::fs::write(ws.path().join(format!("{id}.txt")), &id).unwrap();
+                    wt.finish(ws).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Sessions s0..s3 each carry all three of their tasks' files.
+    for i in 0..4 {
+        let files = git(&fx.repo, &["ls-tree", "--name-only", &format!("agentserver/o-{i}-2")]);
+        for round in 0..3 {
+            assert!(files.contains(&format!("o-{i}-{round}.txt")), "{files}");
+        }
+    }
+    assert_eq!(worktree_paths(&fx.repo).len(), 1);
+    assert_eq!(base_entries(wt.base_dir()), Vec::<String>::new());
+}
