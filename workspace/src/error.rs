@@ -71,6 +71,15 @@ pub enum WorkspaceError {
         /// The occupied path.
         path: PathBuf,
     },
+    /// A task's directory is no longer a worktree of the repository (its `.git` file was deleted
+    /// or replaced); nothing is committed and the directory is kept.
+    #[error(
+        "{path} is no longer a worktree of the repository (its .git file was deleted or replaced): copy its files out by hand"
+    )]
+    NotAWorktree {
+        /// The directory.
+        path: PathBuf,
+    },
     /// A git command failed.
     #[error("`git {args}` in {dir} failed ({status}): {stderr}")]
     Git {

@@ -157,3 +157,33 @@ macro_rules! args {
     ($($a:expr),* $(,)?) => { &[$(::std::ffi::OsStr::new($a)),*] };
 }
 pub(crate) use args;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_errors_are_recognised_and_others_are_not() {
+        for s in [
+            "fatal: Unable to create '/r/.git/index.lock': File exists.",
+            "error: could not lock config file .git/config: File exists",
+            "error: cannot lock ref 'refs/heads/x': Unable to create '/r/.git/refs/heads/x.lock'",
+            "fatal: failed to read .git/worktrees/t-a/commondir: Success",
+        ] {
+            assert!(is_lock_error(s.as_bytes()), "{s}");
+        }
+        for s in [
+            "fatal: a branch named 'x' already exists",
+            "fatal: not a git repository",
+        ] {
+            assert!(!is_lock_error(s.as_bytes()), "{s}");
+        }
+    }
+
+    #[test]
+    fn stderr_is_bounded_to_its_end() {
+        let long = format!("{}END", "x".repeat(10_000));
+        let t = tail(long.as_bytes());
+        assert!(t.len() <= STDERR_LIMIT && t.ends_with("END"));
+    }
+}

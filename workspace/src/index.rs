@@ -105,3 +105,45 @@ impl Index {
         name == INDEX_FILE || name.starts_with(TEMP_PREFIX)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Index::load(dir.path()).unwrap().version, 1);
+        let mut index = Index {
+            version: 1,
+            ..Index::default()
+        };
+        index.worktrees.insert(
+            "t-a".into(),
+            Entry {
+                task_id: "a".into(),
+                session_key: None,
+                branch: "agentserver/a".into(),
+                base_commit: "0".repeat(40),
+                created_unix_ms: 1,
+                seq: 0,
+            },
+        );
+        index.save(dir.path()).unwrap();
+        index.save(dir.path()).unwrap();
+        assert_eq!(Index::load(dir.path()).unwrap(), index);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [INDEX_FILE]);
+    }
+
+    #[test]
+    fn a_corrupt_index_is_an_error_that_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(INDEX_FILE), "{not json").unwrap();
+        let err = Index::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("index.json"), "{err}");
+    }
+}

@@ -64,10 +64,7 @@ pub(crate) fn prefix(p: &str) -> String {
     let parts: Vec<String> = p
         .split('/')
         .filter(|c| !c.is_empty())
-        .map(|c| {
-            let s = sanitize(c);
-            if s == c { s } else { s.replace('-', "_") }
-        })
+        .map(sanitize)
         .collect();
     parts.join("/")
 }

@@ -161,6 +161,8 @@ pub struct Worktrees {
     base_dir: PathBuf,
     disk_cap_bytes: Option<u64>,
     prefix: String,
+    /// The repository's common git directory (absolute), to recognise its worktrees.
+    common_dir: PathBuf,
     state: Mutex<State>,
     /// Held around every git command that reads or writes the repository's worktree admin files
     /// or refs (`worktree add/remove/prune/list`, `branch`): concurrent `git worktree` commands
@@ -285,6 +287,7 @@ impl Worktrees {
             .canonicalize()
             .map_err(|e| WorkspaceError::io("resolve base dir", &base_dir, e))?;
         let index = Index::load(&base_dir)?;
+        let common_dir = git_common_dir(&repo)?;
         let prefix = match names::prefix(&config.branch_prefix) {
             p if p.is_empty() => DEFAULT_BRANCH_PREFIX.to_string(),
             p => p,
@@ -295,6 +298,7 @@ impl Worktrees {
             base_dir,
             disk_cap_bytes: config.disk_cap_bytes,
             prefix,
+            common_dir,
             state: Mutex::new(State {
                 index,
                 active: HashMap::new(),
@@ -585,6 +589,7 @@ impl Worktrees {
             source: Box::new(source),
         };
         let (committed_changes, head_commit, final_branch) = if path.is_dir() {
+            self.check_worktree(path).map_err(commit_failed)?;
             let committed = commit_all(path, task_id).map_err(commit_failed)?;
             let head = git::text(path, args!["rev-parse", "HEAD"]).map_err(commit_failed)?;
             let on = git::output(path, args!["symbolic-ref", "-q", "--short", "HEAD"])
@@ -638,6 +643,36 @@ impl Worktrees {
             committed_changes,
             path: path.to_path_buf(),
         })
+    }
+
+    /// That `path` is still a worktree of this repository at its own top level: if the agent
+    /// deleted its `.git` file (git would then find a repository *above* the base directory) or
+    /// ran `git init` there, nothing is committed anywhere.
+    fn check_worktree(&self, path: &Path) -> Result<(), WorkspaceError> {
+        let out = git::output(
+            path,
+            args![
+                "rev-parse",
+                "--path-format=absolute",
+                "--show-toplevel",
+                "--git-common-dir"
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().map(|l| {
+            let p = PathBuf::from(l);
+            p.canonicalize().unwrap_or(p)
+        });
+        let ok = out.status.success()
+            && lines.next().as_deref() == Some(path)
+            && lines.next().as_deref() == Some(self.common_dir.as_path());
+        if ok {
+            Ok(())
+        } else {
+            Err(WorkspaceError::NotAWorktree {
+                path: path.to_path_buf(),
+            })
+        }
     }
 
     /// `git worktree remove --force`, falling back to deleting the directory; then prune.
@@ -834,6 +869,17 @@ impl Worktrees {
         recovery.disk_usage_bytes = usage;
         Ok(recovery)
     }
+}
+
+/// The repository's common git directory, absolute and resolved.
+fn git_common_dir(repo: &Path) -> Result<PathBuf, WorkspaceError> {
+    let dir = git::text(
+        repo,
+        args!["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    )?;
+    Path::new(&dir)
+        .canonicalize()
+        .map_err(|e| WorkspaceError::io("resolve the git directory", dir, e))
 }
 
 /// Stages everything (tracked, untracked, deleted) and commits it, hooks skipped; whether there

@@ -138,3 +138,32 @@ fn odd_task_ids_make_valid_branches_and_paths() {
     let f = wt.finish(ws).unwrap();
     assert_eq!(show(&fx.repo, &f.branch, "w.txt"), "w");
 }
+
+#[test]
+fn a_worktree_whose_git_file_was_replaced_is_not_committed_anywhere() {
+    let fx = Fixture::new();
+    let wt = fx.open();
+    let ws = wt.prepare("reinit", None).unwrap();
+    let p = ws.path().to_path_buf();
+    std::fs::remove_file(p.join(".git")).unwrap();
+    git(&p, &["init", "-q"]);
+    std::fs::write(p.join("mine.txt"), "keep me\n").unwrap();
+    let err = wt.finish(ws).unwrap_err();
+    let WorkspaceError::CommitFailed { source, dir, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(**source, WorkspaceError::NotAWorktree { .. }),
+        "{source:?}"
+    );
+    assert_eq!(dir, &p);
+    assert!(p.join("mine.txt").exists());
+    // Nothing was committed in the nested repository either.
+    let out = std::process::Command::new("git")
+        .args(["-C"])
+        .arg(&p)
+        .args(["rev-parse", "--verify", "-q", "HEAD"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
