@@ -42,6 +42,10 @@ impl WorktreeConfig {
 }
 
 /// One task's worktree, from [`Worktrees::prepare`] until it is handed to [`Worktrees::finish`].
+///
+/// Dropping it without `finish` leaves the worktree in place, as a host killed mid-task would:
+/// [`Worktrees::recover`] at the next start deals with it, and in this process its path stays
+/// reserved ([`WorkspaceError::Busy`]).
 #[derive(Debug)]
 pub struct TaskWorkspace {
     task_id: String,
@@ -754,6 +758,7 @@ impl Worktrees {
             let in_use = dir_name.as_ref().is_some_and(|d| active.contains_key(d));
             match (entry, dir_name.as_deref()) {
                 (Some(e), Some(d)) if !in_use && is_finished(&e.task_id) => {
+                    remove_stale_index_lock(&l.path);
                     match self.finish_at(
                         &e.task_id,
                         &l.path,
@@ -868,6 +873,27 @@ impl Worktrees {
         }
         recovery.disk_usage_bytes = usage;
         Ok(recovery)
+    }
+}
+
+/// A worktree's `index.lock` older than this, found at recover, is taken as left by a git
+/// killed with the host (git holds it for the length of one command).
+const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the worktree's own `index.lock` when it is older than [`STALE_LOCK`] (an agent's git
+/// killed mid-commit), so the leftovers can be committed.
+fn remove_stale_index_lock(path: &Path) {
+    let Ok(gitdir) = git::text(path, args!["rev-parse", "--absolute-git-dir"]) else {
+        return;
+    };
+    let lock = Path::new(&gitdir).join("index.lock");
+    let age = fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    if age.is_some_and(|a| a > STALE_LOCK) {
+        tracing::warn!(lock = %lock.display(), "removing a stale index.lock left by a killed git");
+        let _ = fs::remove_file(&lock);
     }
 }
 

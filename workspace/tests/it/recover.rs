@@ -110,3 +110,19 @@ fn a_stray_directory_under_the_base_dir_is_reported_not_touched() {
     assert_eq!(r.strays, vec![wt.base_dir().join("someone-elses")]);
     assert!(wt.base_dir().join("someone-elses/f").exists());
 }
+
+#[test]
+fn a_stale_index_lock_left_by_a_killed_git_does_not_block_recovery() {
+    let fx = Fixture::new();
+    let (p, branch) = killed_mid_task(&fx);
+    let gitdir = git(&p, &["rev-parse", "--absolute-git-dir"]);
+    let lock = std::path::Path::new(&gitdir).join("index.lock");
+    let f = std::fs::File::create(&lock).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+        .unwrap();
+    drop(f);
+    let r = fx.open().recover(|_| true).unwrap();
+    assert_eq!(r.finished.len(), 1, "{r:?}");
+    assert_eq!(show(&fx.repo, &branch, "loose.txt"), "untracked");
+    assert!(!p.exists());
+}
