@@ -30,6 +30,11 @@ pub(crate) struct Entry {
     pub created_unix_ms: u64,
     /// A counter that orders entries prepared in the same millisecond.
     pub seq: u64,
+    /// Whether the checkout completed (the task could start). An entry that is not ready belongs
+    /// to a prepare cut short: its directory may hold a partial checkout, which must never be
+    /// committed (`git add -A` would record the missing files as deleted).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// What the host remembers of a session.
@@ -127,6 +132,7 @@ mod tests {
                 base_commit: "0".repeat(40),
                 created_unix_ms: 1,
                 seq: 0,
+                ready: true,
             },
         );
         index.save(dir.path()).unwrap();

@@ -433,6 +433,7 @@ impl Worktrees {
                     base_commit: start.clone(),
                     created_unix_ms: now_ms(),
                     seq,
+                    ready: false,
                 },
             );
             if let Some(key) = session_key {
@@ -449,7 +450,15 @@ impl Worktrees {
                 return Err(e);
             }
         }
-        let added = self.add_worktree(path, &branch);
+        let added = self.add_worktree(path, &branch).and_then(|()| {
+            let mut state = self.state();
+            if let Some(e) = state.index.worktrees.get_mut(dir_name) {
+                e.ready = true;
+            }
+            state.index.save(&self.base_dir).inspect_err(|_| {
+                let _ = self.remove_worktree(path);
+            })
+        });
         if let Err(e) = added {
             let mut state = self.state();
             self.undo_prepare(&mut state, dir_name, session_key, previous, &branch);
@@ -501,6 +510,7 @@ impl Worktrees {
                     &e.branch,
                     dir_name,
                     e.session_key.as_deref(),
+                    e.ready,
                 )?;
                 Ok(())
             }
@@ -571,6 +581,7 @@ impl Worktrees {
             &ws.branch,
             &ws.dir_name,
             ws.session_key.as_deref(),
+            true,
         );
         let mut state = self.state();
         if state.active.get(&ws.dir_name) == Some(&ws.task_id) {
@@ -586,13 +597,22 @@ impl Worktrees {
         branch: &str,
         dir_name: &str,
         session_key: Option<&str>,
+        ready: bool,
     ) -> Result<Finished, WorkspaceError> {
         let commit_failed = |source| WorkspaceError::CommitFailed {
             dir: path.to_path_buf(),
             branch: branch.to_string(),
             source: Box::new(source),
         };
-        let (committed_changes, head_commit, final_branch) = if path.is_dir() {
+        let (committed_changes, head_commit, final_branch) = if !ready {
+            // A prepare cut short (host killed during the checkout): no task ran there, and a
+            // partial checkout must not be committed.
+            tracing::warn!(task_id, path = %path.display(), "removing a worktree whose checkout never completed");
+            let head = self
+                .commit_of(&format!("refs/heads/{branch}"))
+                .unwrap_or_default();
+            (false, head, branch.to_string())
+        } else if path.is_dir() {
             self.check_worktree(path).map_err(commit_failed)?;
             let committed = commit_all(path, task_id).map_err(commit_failed)?;
             let head = git::text(path, args!["rev-parse", "HEAD"]).map_err(commit_failed)?;
@@ -765,6 +785,7 @@ impl Worktrees {
                         &e.branch,
                         d,
                         e.session_key.as_deref(),
+                        e.ready,
                     ) {
                         Ok(f) => recovery.finished.push(f),
                         Err(error) => {

@@ -126,3 +126,39 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_recovery() {
     assert_eq!(show(&fx.repo, &branch, "loose.txt"), "untracked");
     assert!(!p.exists());
 }
+
+#[test]
+fn a_prepare_cut_short_during_checkout_is_removed_without_committing_the_partial_tree() {
+    let fx = Fixture::new();
+    let wt = fx.open();
+    let ws = wt.prepare("cut", Some("sess")).unwrap();
+    let p = ws.path().to_path_buf();
+    let base_commit = ws.base_commit().to_string();
+    drop(ws);
+    drop(wt);
+    // As if the host died while `git reset --hard` was checking out: the index entry is not
+    // ready yet, some files are missing.
+    let index_path = fx.base.join("index.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    assert!(index.contains("\"ready\": true"), "{index}");
+    std::fs::write(
+        &index_path,
+        index.replace("\"ready\": true", "\"ready\": false"),
+    )
+    .unwrap();
+    std::fs::remove_file(p.join("keep.txt")).unwrap();
+
+    let wt = fx.open();
+    let r = wt.recover(|_| true).unwrap();
+    assert_eq!(r.finished.len(), 1, "{r:?}");
+    assert!(!r.finished[0].committed_changes);
+    assert_eq!(
+        git(&fx.repo, &["rev-parse", "agentserver/cut"]),
+        base_commit
+    );
+    assert!(!p.exists());
+    // The session's next task gets every file.
+    let next = wt.prepare("cut-2", Some("sess")).unwrap();
+    assert!(next.path().join("keep.txt").exists());
+    wt.finish(next).unwrap();
+}
