@@ -249,7 +249,8 @@ fn disk_usage(path: &Path) -> u64 {
 }
 
 impl Worktrees {
-    /// Checks the repository and the base directory, creates the base directory (0700) and reads
+    /// Checks the repository and the base directory, creates the base directory (0700; an existing
+    /// one keeps its mode, with a warning when others can read it) and reads
     /// its index. Errors: [`WorkspaceError::GitNotInstalled`], [`WorkspaceError::NotAGitRepo`],
     /// [`WorkspaceError::BaseDirInsideRepo`], [`WorkspaceError::RepoInsideBaseDir`].
     pub fn open(config: WorktreeConfig) -> Result<Worktrees, WorkspaceError> {
@@ -280,13 +281,22 @@ impl Worktrees {
         if repo.starts_with(&base_dir) {
             return Err(WorkspaceError::RepoInsideBaseDir { base_dir, repo });
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&base_dir)
-            .map_err(|e| WorkspaceError::io("create base dir", &base_dir, e))?;
-        fs::set_permissions(&base_dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| WorkspaceError::io("make private", &base_dir, e))?;
+        if !base_dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&base_dir)
+                .map_err(|e| WorkspaceError::io("create base dir", &base_dir, e))?;
+            // Whatever the umask did.
+            fs::set_permissions(&base_dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| WorkspaceError::io("make private", &base_dir, e))?;
+        } else if let Ok(meta) = fs::metadata(&base_dir)
+            && meta.mode() & 0o077 != 0
+        {
+            // An existing directory keeps its mode (it may be shared, like /tmp).
+            tracing::warn!(base_dir = %base_dir.display(), mode = format!("{:o}", meta.mode() & 0o777),
+                "the worktree base dir is readable by others; make it 0700 or choose another");
+        }
         let base_dir = base_dir
             .canonicalize()
             .map_err(|e| WorkspaceError::io("resolve base dir", &base_dir, e))?;
