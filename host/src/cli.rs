@@ -380,6 +380,15 @@ pub struct IntakeArgs {
     /// Register the fixed Claude Code agent card at start (for servers older than v0.37).
     #[arg(long)]
     pub register_card: bool,
+    /// How tasks are kept apart: `worktree` (a git worktree per task, on a branch
+    /// `agentserver/<task id>`; the default when the work directory is a git repository) or
+    /// `none` (every task in the work directory). Several tasks at once in a directory that
+    /// is not a git repository need `--isolation none`.
+    #[arg(long, value_name = "MODE")]
+    pub isolation: Option<agentserver::sandboxes::config::Isolation>,
+    /// Where task worktrees go [default: ~/.agentserver/worktrees/<sandbox id>].
+    #[arg(long, value_name = "DIR")]
+    pub worktree_dir: Option<PathBuf>,
     /// Seconds a task poll may take before it is given up. A task the server hands out is
     /// assigned at once and never offered again, so this must fit a loaded server.
     #[arg(long, default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
@@ -407,6 +416,8 @@ impl Default for IntakeArgs {
             max_concurrent_tasks: 1,
             grace_period: Duration::from_secs(30),
             register_card: false,
+            isolation: None,
+            worktree_dir: None,
             poll_timeout: agentserver::intake::TaskTimeouts::default().poll,
             status_timeout: agentserver::intake::TaskTimeouts::default().status,
         }

@@ -39,6 +39,8 @@ pub struct WorkerOptions {
     pub capabilities: Option<CapabilityCache>,
     /// The host-wide task capacity shared with the host's other sandboxes.
     pub capacity: crate::intake::capacity::HostCapacity,
+    /// A git worktree per task (`isolation = "worktree"`); `None`: every task in `workdir`.
+    pub workspaces: Option<Arc<agentserver_workspace::Worktrees>>,
 }
 
 impl WorkerOptions {
@@ -54,6 +56,7 @@ impl WorkerOptions {
             timeouts: Default::default(),
             capabilities: None,
             capacity: crate::intake::capacity::HostCapacity::unlimited(),
+            workspaces: None,
         }
     }
 }
@@ -162,6 +165,7 @@ impl Worker {
         intake_config.outbox_dir = options.outbox_dir.clone();
         intake_config.timeouts = options.timeouts;
         intake_config.capacity = options.capacity.clone();
+        intake_config.workspaces = options.workspaces.clone();
         let intake = match Intake::new(intake_config, backend.clone()) {
             Ok(intake) => intake,
             Err(err) => {

@@ -27,6 +27,10 @@ pub struct WorktreeConfig {
     pub disk_cap_bytes: Option<u64>,
     /// The branch prefix (`<prefix>/<task id>`); empty means [`DEFAULT_BRANCH_PREFIX`].
     pub branch_prefix: String,
+    /// Files the host keeps in the repository's top level that the repository does not track
+    /// (the `.mcp.json` it writes for Claude Code): copied into every new worktree that lacks
+    /// them, and deleted from it before its work is committed, so they never reach a branch.
+    pub host_files: Vec<PathBuf>,
 }
 
 impl WorktreeConfig {
@@ -37,6 +41,7 @@ impl WorktreeConfig {
             base_dir: base_dir.into(),
             disk_cap_bytes: None,
             branch_prefix: DEFAULT_BRANCH_PREFIX.to_string(),
+            host_files: Vec::new(),
         }
     }
 }
@@ -165,6 +170,7 @@ pub struct Worktrees {
     base_dir: PathBuf,
     disk_cap_bytes: Option<u64>,
     prefix: String,
+    host_files: Vec<PathBuf>,
     /// The repository's common git directory (absolute), to recognise its worktrees.
     common_dir: PathBuf,
     state: Mutex<State>,
@@ -312,6 +318,7 @@ impl Worktrees {
             base_dir,
             disk_cap_bytes: config.disk_cap_bytes,
             prefix,
+            host_files: config.host_files.clone(),
             common_dir,
             state: Mutex::new(State {
                 index,
@@ -356,6 +363,14 @@ impl Worktrees {
         if let Err(e) = git::run(path, args!["reset", "--hard", "-q"]) {
             let _ = self.remove_worktree(path);
             return Err(e);
+        }
+        for file in &self.host_files {
+            let (from, to) = (self.repo.join(file), path.join(file));
+            if from.is_file() && fs::symlink_metadata(&to).is_err() {
+                if let Err(e) = fs::copy(&from, &to) {
+                    tracing::warn!(file = %from.display(), error = %e, "cannot copy a host file into the task's worktree");
+                }
+            }
         }
         Ok(())
     }
@@ -624,7 +639,7 @@ impl Worktrees {
             (false, head, branch.to_string())
         } else if path.is_dir() {
             self.check_worktree(path).map_err(commit_failed)?;
-            let committed = commit_all(path, task_id).map_err(commit_failed)?;
+            let committed = commit_all(path, task_id, &self.host_files).map_err(commit_failed)?;
             let head = git::text(path, args!["rev-parse", "HEAD"]).map_err(commit_failed)?;
             let on = git::output(path, args!["symbolic-ref", "-q", "--short", "HEAD"])
                 .map_err(commit_failed)?;
@@ -941,7 +956,15 @@ fn git_common_dir(repo: &Path) -> Result<PathBuf, WorkspaceError> {
 
 /// Stages everything (tracked, untracked, deleted) and commits it, hooks skipped; whether there
 /// was anything to commit.
-fn commit_all(path: &Path, task_id: &str) -> Result<bool, WorkspaceError> {
+fn commit_all(path: &Path, task_id: &str, host_files: &[PathBuf]) -> Result<bool, WorkspaceError> {
+    for file in host_files {
+        // The host's copy (untracked in the repository) is not the task's work.
+        let tracked = git::output(path, args!["ls-files", "--error-unmatch", "--", file])
+            .is_ok_and(|out| out.status.success());
+        if !tracked {
+            let _ = fs::remove_file(path.join(file));
+        }
+    }
     git::run(path, args!["add", "-A"])?;
     let diff_args = args!["diff", "--cached", "--quiet"];
     let out = git::output(path, diff_args)?;

@@ -47,6 +47,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         &args.acp,
         &args.plugins,
     )?;
+    let isolation = agentserver::sandboxes::config::isolation_for(
+        "this host",
+        &workdir,
+        args.intake.max_concurrent_tasks,
+        args.intake.isolation,
+        agentserver_workspace::is_git_work_tree(&workdir),
+        "--isolation none",
+    )?;
     let backend = backends::build(&kind, &spec)?;
     let info = backend.info();
     if kind == BackendKind::ClaudeCode {
@@ -134,6 +142,24 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     options.grace_period = args.intake.grace_period;
     options.timeouts = args.intake.timeouts();
     options.capabilities = Some(capabilities);
+    if isolation == agentserver::sandboxes::config::Isolation::Worktree {
+        let base = args.intake.worktree_dir.clone().unwrap_or_else(|| {
+            agentserver::paths::state_dir().join("worktrees").join(
+                agentserver::sandboxes::config::sanitize(&session.sandbox_id),
+            )
+        });
+        let worktrees = agentserver::sandboxes::open_worktrees(
+            &workdir,
+            &base,
+            agentserver::sandboxes::config::DEFAULT_WORKTREE_DISK_CAP_MB * 1024 * 1024,
+        )
+        .with_context(|| format!("cannot use task worktrees under {}", base.display()))?;
+        notice(&format!(
+            "Each task runs in its own git worktree under {} (branch agentserver/<task id>)",
+            base.display()
+        ));
+        options.workspaces = Some(worktrees);
+    }
     let worker = Worker::start(&session, backend, options).await?;
     let _attached = metrics.attach(
         SandboxInfo {

@@ -88,7 +88,8 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
             sandbox.name,
             work_dir.display()
         );
-        let isolation = effective_isolation(sandbox, is_git_work_tree(&work_dir))?;
+        let isolation =
+            effective_isolation(sandbox, agentserver_workspace::is_git_work_tree(&work_dir))?;
         checked.push(Checked {
             config: sandbox.clone(),
             work_dir,
@@ -189,6 +190,23 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         options.timeouts = args.intake.timeouts();
         options.capabilities = Some(capabilities.clone());
         options.capacity = capacity.clone();
+        if sandbox.isolation == Isolation::Worktree {
+            let base = sandbox.config.worktree_base();
+            options.workspaces = Some(
+                agentserver::sandboxes::open_worktrees(
+                    &sandbox.work_dir,
+                    &base,
+                    sandbox.config.worktree_disk_cap_bytes(),
+                )
+                .with_context(|| {
+                    format!(
+                        "sandbox `{}`: cannot use worktrees under {}",
+                        sandbox.config.name,
+                        base.display()
+                    )
+                })?,
+            );
+        }
         notice(&format!(
             "Sandbox {}: the {} backend in {} ({} task(s) at once, isolation {})",
             sandbox.config.name,
@@ -324,16 +342,4 @@ fn factory(args: &RunArgs, sandbox: &Checked) -> BackendFactory {
         }
         backends::build(&kind, &spec).map_err(|e| format!("{e:#}"))
     })
-}
-
-/// Whether `dir` is inside a git work tree (`git rev-parse --is-inside-work-tree`).
-fn is_git_work_tree(dir: &Path) -> bool {
-    std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["rev-parse", "--is-inside-work-tree"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"true"))
 }

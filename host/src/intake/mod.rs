@@ -93,6 +93,9 @@ pub struct IntakeConfig {
     pub event_buffer: usize,
     /// HTTP timeouts of polls and status reports (default 60 s each).
     pub timeouts: TaskTimeouts,
+    /// The sandbox's task worktrees (`isolation = "worktree"`): each task runs in its own, on
+    /// a branch named after it (default: none, every task in `workdir`).
+    pub workspaces: Option<Arc<agentserver_workspace::Worktrees>>,
     /// The host-wide task capacity this intake shares with the host's other sandboxes
     /// (default: unlimited, only [`IntakeConfig::max_concurrent_tasks`] counts).
     pub capacity: capacity::HostCapacity,
@@ -126,6 +129,7 @@ impl IntakeConfig {
             event_buffer: 256,
             timeouts: TaskTimeouts::default(),
             capacity: capacity::HostCapacity::unlimited(),
+            workspaces: None,
         }
     }
 }
@@ -447,6 +451,9 @@ impl Intake {
         summary.orphaned = found.orphaned;
         summary.resumed = found.resumed;
         let mut queue: VecDeque<PolledTask> = found.to_run.into();
+        if let Some(worktrees) = &shared.config.workspaces {
+            recover_workspaces(worktrees, &queue).await;
+        }
 
         let max = shared.config.max_concurrent_tasks;
         let mut running: JoinSet<()> = JoinSet::new();
@@ -696,6 +703,40 @@ fn spawn_task(
         }
         .in_current_span(),
     );
+}
+
+/// At start: the worktrees of tasks that already have a final status get their leftovers
+/// committed and are removed (a task about to run again keeps its own), then the disk cap.
+async fn recover_workspaces(
+    worktrees: &Arc<agentserver_workspace::Worktrees>,
+    queue: &VecDeque<PolledTask>,
+) {
+    let to_run: std::collections::HashSet<String> =
+        queue.iter().map(|t| t.task_id.clone()).collect();
+    let worktrees = worktrees.clone();
+    let recovered =
+        tokio::task::spawn_blocking(move || worktrees.recover(|task| !to_run.contains(task))).await;
+    match recovered {
+        Ok(Ok(r)) => {
+            for f in &r.finished {
+                tracing::info!(task = %f.task_id, branch = %f.branch, committed_changes = f.committed_changes, "an earlier run's worktree: its work is on its branch; removed");
+            }
+            for w in &r.removed_for_cap {
+                tracing::info!(path = %w.path.display(), bytes = w.bytes, "removed a clean leftover worktree (disk cap)");
+            }
+            for failure in &r.failed {
+                tracing::warn!(task = %failure.task_id, path = %failure.path.display(), err = %failure.error, "cannot finish an earlier run's worktree; it is kept");
+            }
+            if r.cap_exceeded {
+                tracing::warn!(
+                    bytes = r.disk_usage_bytes,
+                    "leftover worktrees with uncommitted work exceed the disk cap; they are kept"
+                );
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(%err, "cannot recover the worktrees of an earlier run"),
+        Err(err) => tracing::warn!(%err, "the worktree recovery panicked"),
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -162,9 +162,32 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
         .in_current_span(),
     );
 
+    // The task's own git worktree, when the sandbox isolates tasks (`isolation = "worktree"`).
+    let mut workspace = None;
+    let prepared = match (&shared.config.workspaces, cancel.is_cancelled()) {
+        (Some(worktrees), false) => {
+            match prepare_workspace(worktrees, &task_id, &task.session_id).await {
+                Ok(ws) => {
+                    task.workdir = ws.path().to_string_lossy().into_owned();
+                    workspace = Some(ws);
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        }
+        _ => Ok(()),
+    };
+    let host_sink = sink.clone();
     let result = if cancel.is_cancelled() {
         drop(sink);
         ExecResult::NotStarted
+    } else if let Err(err) = prepared {
+        drop(sink);
+        tracing::error!(task = %task_id, %err, "cannot prepare the task's worktree");
+        ExecResult::Outcome(TaskOutcome::failed(
+            FailureKind::System,
+            format!("cannot prepare the task's git worktree: {err}"),
+        ))
     } else {
         let backend = shared.backend.clone();
         let exec_cancel = cancel.clone();
@@ -185,6 +208,12 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
         }
     };
 
+    // The worktree's work goes to its branch (nothing is lost), the branch is told in an
+    // event, and the directory goes.
+    if let (Some(worktrees), Some(ws)) = (&shared.config.workspaces, workspace) {
+        finish_workspace(worktrees, ws, &task_id, &host_sink).await;
+    }
+    drop(host_sink);
     // Flush the events the backend emitted, then leave the bridge idle.
     finish.cancel();
     match tokio::time::timeout(shared.config.flush_timeout, &mut forwarder).await {
@@ -215,6 +244,65 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
 
     let body = decide(&shared, result, &ctl);
     shared.delivery.finalize(&task_id, body).await;
+}
+
+/// A new worktree for the task (the session's, when the task continues a session the server
+/// named).
+async fn prepare_workspace(
+    worktrees: &Arc<agentserver_workspace::Worktrees>,
+    task_id: &str,
+    session_id: &str,
+) -> Result<agentserver_workspace::TaskWorkspace, String> {
+    let worktrees = worktrees.clone();
+    let (task_id, session) = (task_id.to_owned(), session_id.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let session = (!session.is_empty()).then_some(session.as_str());
+        worktrees.prepare(&task_id, session)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Commits what the task left to its branch, removes the worktree, and emits
+/// `{"type":"system","subtype":"agentserver_workspace","branch":…,"commit":…,"committed_changes":…}`
+/// (docs/protocol.md). A failed commit keeps the directory (the error names it) for the next
+/// start to retry.
+async fn finish_workspace(
+    worktrees: &Arc<agentserver_workspace::Worktrees>,
+    ws: agentserver_workspace::TaskWorkspace,
+    task_id: &str,
+    events: &EventSink,
+) {
+    let worktrees = worktrees.clone();
+    let finished = tokio::task::spawn_blocking(move || worktrees.finish(ws)).await;
+    let event = match finished {
+        Ok(Ok(f)) => {
+            tracing::info!(task = %task_id, branch = %f.branch, commit = %f.head_commit, committed_changes = f.committed_changes, "the task's work is on its branch; worktree removed");
+            serde_json::json!({
+                "type": "system",
+                "subtype": "agentserver_workspace",
+                "branch": f.branch,
+                "commit": f.head_commit,
+                "committed_changes": f.committed_changes,
+            })
+        }
+        Ok(Err(err)) => {
+            tracing::error!(task = %task_id, %err, "cannot finish the task's worktree");
+            serde_json::json!({
+                "type": "system",
+                "subtype": "agentserver_workspace",
+                "error": err.to_string(),
+            })
+        }
+        Err(err) => {
+            tracing::error!(task = %task_id, %err, "the worktree finish panicked");
+            return;
+        }
+    };
+    if let Ok(event) = TaskEvent::from_value(&event) {
+        events.emit(event).await;
+    }
 }
 
 fn from_join(r: Result<TaskOutcome, tokio::task::JoinError>) -> ExecResult {

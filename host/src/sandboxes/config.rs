@@ -362,23 +362,40 @@ pub fn effective_isolation(
     sandbox: &SandboxConfig,
     is_git_work_tree: bool,
 ) -> Result<Isolation, ConfigError> {
-    match sandbox.isolation {
+    isolation_for(
+        &format!("sandbox `{}`", sandbox.name),
+        &sandbox.work_dir,
+        sandbox.max_concurrent_tasks,
+        sandbox.isolation,
+        is_git_work_tree,
+        "isolation = \"none\" (`--sandbox …,isolation=none`)",
+    )
+}
+
+/// The rule of [`effective_isolation`] for any sandbox: `who` names it in errors, `say_none`
+/// is how the user says "share the directory" where it was configured.
+pub fn isolation_for(
+    who: &str,
+    work_dir: &Path,
+    tasks: u16,
+    configured: Option<Isolation>,
+    is_git_work_tree: bool,
+    say_none: &str,
+) -> Result<Isolation, ConfigError> {
+    match configured {
         Some(Isolation::Worktree) if !is_git_work_tree => Err(ConfigError::Invalid(format!(
-            "sandbox `{}`: isolation = \"worktree\" needs a git repository, and {} is not one: \
-             run `git init` there, or set isolation = \"none\"",
-            sandbox.name,
-            sandbox.work_dir.display()
+            "{who}: worktree isolation needs a git repository, and {} is not one: run `git init` \
+             there, or use {say_none}",
+            work_dir.display()
         ))),
         Some(isolation) => Ok(isolation),
         None if is_git_work_tree => Ok(Isolation::Worktree),
-        None if sandbox.max_concurrent_tasks > 1 => Err(ConfigError::Invalid(format!(
-            "sandbox `{}` runs {} tasks at once in {}, which is not a git repository, so they \
+        None if tasks > 1 => Err(ConfigError::Invalid(format!(
+            "{who} runs {tasks} tasks at once in {}, which is not a git repository, so they \
              would all edit the same files: make it a git repository (each task then gets its \
-             own worktree), set max_concurrent_tasks = 1, or say isolation = \"none\" \
-             (`--sandbox …,isolation=none`) to share the directory anyway",
-            sandbox.name,
-            sandbox.max_concurrent_tasks,
-            sandbox.work_dir.display()
+             own git worktree), run one task at a time, or say {say_none} to share the \
+             directory anyway",
+            work_dir.display()
         ))),
         None => Ok(Isolation::None),
     }

@@ -4,3 +4,25 @@
 
 pub mod config;
 pub mod supervisor;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agentserver_workspace::{WorkspaceError, WorktreeConfig, Worktrees};
+
+/// The files the host writes into a work directory that task worktrees need too and must
+/// never commit (Claude Code's `.mcp.json`, which holds the tunnel token).
+pub const HOST_FILES: [&str; 1] = [".mcp.json"];
+
+/// The task worktrees of a sandbox working on the git repository at `repo`: under `base`,
+/// leftovers capped at `disk_cap_bytes`, branches `agentserver/<task id>`.
+pub fn open_worktrees(
+    repo: &Path,
+    base: &Path,
+    disk_cap_bytes: u64,
+) -> Result<Arc<Worktrees>, WorkspaceError> {
+    let mut config = WorktreeConfig::new(repo, base);
+    config.disk_cap_bytes = Some(disk_cap_bytes);
+    config.host_files = HOST_FILES.iter().map(Into::into).collect();
+    Worktrees::open(config).map(Arc::new)
+}

@@ -172,8 +172,14 @@ opencode_bin = "{}"
         );
     }
     let info = |id: &str| mock.sandbox(id).unwrap().agent_info.unwrap();
-    assert_eq!(info(&web.id)["workdir"], root.join("web").display().to_string());
-    assert_eq!(info(&api.id)["workdir"], root.join("api").display().to_string());
+    assert_eq!(
+        info(&web.id)["workdir"],
+        root.join("web").display().to_string()
+    );
+    assert_eq!(
+        info(&api.id)["workdir"],
+        root.join("api").display().to_string()
+    );
 
     // A task to each reaches its own backend.
     let to_web = mock.create_task(&web.id, "Say hello");
@@ -188,7 +194,11 @@ opencode_bin = "{}"
         assert_eq!(record.result, Some(Value::from(DEFAULT_TEXT)));
     }
     let init_of = |task: &str| -> Value {
-        let sid = mock.task(task).unwrap().session_id.expect("a bridge session");
+        let sid = mock
+            .task(task)
+            .unwrap()
+            .session_id
+            .expect("a bridge session");
         mock.bridge_worker_events(&sid)
             .into_iter()
             .find(|e| e["type"] == "system" && e["subtype"] == "init")

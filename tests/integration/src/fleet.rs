@@ -262,6 +262,9 @@ pub async fn run(agentserver: &Path, sizes: &Sizes) -> anyhow::Result<Figures> {
                     args: vec![
                         "--max-concurrent-tasks".into(),
                         sizes.concurrency.to_string(),
+                        // The scripted claude edits nothing: the tasks may share the directory.
+                        "--isolation".into(),
+                        "none".into(),
                     ],
                 },
             ))

@@ -167,3 +167,29 @@ fn a_worktree_whose_git_file_was_replaced_is_not_committed_anywhere() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn host_files_are_copied_into_each_worktree_and_never_committed() {
+    let fx = Fixture::new();
+    // The host's `.mcp.json` in the user's checkout (untracked there, as the host writes it).
+    std::fs::write(fx.repo.join(".mcp.json"), "{\"mcpServers\":{}}\n").unwrap();
+    let mut config = fx.config();
+    config.host_files = vec![".mcp.json".into()];
+    let wt = agentserver_workspace::Worktrees::open(config).unwrap();
+    let ws = wt.prepare("t1", None).unwrap();
+    let p = ws.path().to_path_buf();
+    assert_eq!(
+        std::fs::read_to_string(p.join(".mcp.json")).unwrap(),
+        "{\"mcpServers\":{}}\n",
+        "the agent finds the host's MCP config in its worktree"
+    );
+    std::fs::write(p.join("work.txt"), "done\n").unwrap();
+    let f = wt.finish(ws).unwrap();
+    let files = git(&fx.repo, &["ls-tree", "-r", "--name-only", &f.branch]);
+    assert!(files.lines().any(|l| l == "work.txt"), "{files}");
+    assert!(
+        !files.lines().any(|l| l == ".mcp.json"),
+        "the host file (it holds a token) reached the branch: {files}"
+    );
+    assert!(fx.repo.join(".mcp.json").exists(), "the original stays");
+}
