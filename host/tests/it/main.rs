@@ -34,6 +34,7 @@ mod run_headless;
 mod run_no_token_in_logs;
 mod run_opencode;
 mod run_sandboxes;
+mod run_worktrees;
 mod service;
 mod state_commands;
 mod state_hostile_files;

@@ -18,6 +18,7 @@
 //! | contains `FAKE_ERR_<code>` | HTTP `<code>` with an Anthropic/OpenAI error body and `retry-after-ms` |
 //! | contains `FAKE_SLOW_<s>` | waits `<s>` seconds, then answers as below |
 //! | contains `FAKE_RATE_LIMIT_<s>` | HTTP 429 `rate_limit_error` with the headers of a usage limit that resets in `<s>` seconds: `retry-after: <s>` and Anthropic's `anthropic-ratelimit-unified-status: rejected`, `…-reset: <unix seconds>`, `…-representative-claim: five_hour` (`claude` logged in with an OAuth token turns these into a `rate_limit_event` with `resetsAt`) |
+//! | contains `TOOL_SH[<command>]` and a `Bash`/`bash` tool is offered | a `tool_use` of that tool running `<command>` |
 //! | contains `TOOL_BASH` and a `Bash`/`bash` tool is offered | a `tool_use` of that tool with `{"command": "echo hi"}` |
 //! | contains `TOOL_WRITE:<abs path>` and a `Write`/`write` tool is offered | a `tool_use` writing `hello from fake\n` to the path |
 //! | otherwise | text [`FakeLlmConfig::text`] (default `Hello from the fake LLM.`) |
@@ -54,6 +55,9 @@ pub const DEFAULT_TEXT: &str = "Hello from the fake LLM.";
 
 /// Keyword: answer with a `Bash` tool call (`echo hi`).
 pub const TOOL_BASH: &str = "TOOL_BASH";
+/// Keyword: `TOOL_SH[echo hi > out.txt]` answers with a `Bash` tool call running the
+/// command between the brackets (in the agent's working directory).
+pub const TOOL_SH: &str = "TOOL_SH[";
 /// Keyword prefix: `TOOL_WRITE:/abs/path` answers with a `Write` tool call for that path.
 pub const TOOL_WRITE: &str = "TOOL_WRITE:";
 /// Keyword prefix: `FAKE_ERR_500` answers HTTP 500 (any three-digit code).
@@ -355,6 +359,16 @@ fn decide(
             .find(|n| n.to_lowercase() == lower)
             .cloned()
     };
+    if let Some(i) = prompt.find(TOOL_SH)
+        && let Some(end) = prompt[i..].find(']')
+        && let Some(name) = find_tool("bash")
+    {
+        let command = &prompt[i + TOOL_SH.len()..i + end];
+        return Decision::Tool {
+            name,
+            input: json!({"command": command, "description": "Run the test's command"}),
+        };
+    }
     if prompt.contains(TOOL_BASH)
         && let Some(name) = find_tool("bash")
     {
