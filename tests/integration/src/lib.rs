@@ -4,5 +4,6 @@
 pub mod fleet;
 pub mod opencode_support;
 pub mod reliability;
+pub mod sandboxes_bench;
 pub mod test_backend;
 pub mod tunnel_support;

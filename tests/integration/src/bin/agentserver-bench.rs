@@ -27,6 +27,11 @@
 //! duplicated) and exits non-zero when any scenario lost (in transit excepted) or duplicated
 //! a status. `--quick` runs each scenario with 8 tasks.
 //!
+//! `--only worktrees` and `--only soak` (never part of the default run) run the benchmarks
+//! of [`agentserver_integration::sandboxes_bench`]: 16 claude tasks at concurrency 4 in a
+//! worktree each vs 16 direct `claude -p` runs; 300 tasks with a daemonizing MCP server (RSS
+//! curve, leftover daemons, lost or duplicated statuses).
+//!
 //! `--only fleet` (never part of the default run either) runs the fleet simulation of
 //! [`agentserver_integration::fleet`]: ten `agentserver run` processes provisioned with
 //! `AGENTSERVER_REFRESH_TOKEN`, 1000 tasks, hosts SIGKILLed and restarted at random, tunnels
@@ -38,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agentserver_integration::{fleet, reliability};
+use agentserver_integration::{fleet, reliability, sandboxes_bench};
 use agentserver_mock::{MockConfig, MockServer};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -157,7 +162,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "-h" | "--help" => {
                     eprintln!(
-                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,acp,claudecode,plugins,idle,reliability,fleet] [--quick]\n\
+                        "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,acp,claudecode,plugins,idle,reliability,fleet,worktrees,soak] [--quick]\n\
                          build first: {BUILD_CMD}"
                     );
                     std::process::exit(0);
@@ -789,6 +794,34 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+    }
+
+    for (name, soak) in [("worktrees", false), ("soak", true)] {
+        if !options.named(name) {
+            continue;
+        }
+        let (Some(agentserver), Some(claude)) = (layout.sibling("agentserver"), claude.as_ref())
+        else {
+            rows.extend(missing(
+                name,
+                "needs the agentserver binary and the claude CLI",
+            ));
+            continue;
+        };
+        let sizes = if options.quick {
+            sandboxes_bench::Sizes::QUICK
+        } else {
+            sandboxes_bench::Sizes::FULL
+        };
+        let result = if soak {
+            sandboxes_bench::soak(&agentserver, claude, &sizes).await
+        } else {
+            sandboxes_bench::worktrees(&agentserver, claude, &sizes).await
+        };
+        match result {
+            Ok(values) => rows.extend(values.iter().filter_map(|v| Row::from_json(name, v))),
+            Err(err) => rows.push(Row::note(name, format!("failed: {err:#}"))),
         }
     }
 
