@@ -573,9 +573,13 @@ pub struct TaskWorkerArgs {
 /// `info` options.
 #[derive(Debug, Args, Clone)]
 pub struct InfoArgs {
-    /// Print the agent-info JSON exactly as the tunnel sends it (plus probe timings).
+    /// Print the agent-info JSON exactly as the tunnel sends it (plus probe timings, and the
+    /// configured sandboxes, which never go on the wire).
     #[arg(long)]
     pub json: bool,
+    /// The config file whose `[[sandbox]]` tables to show [default: ~/.agentserver/config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// `service` options.

@@ -26,12 +26,68 @@ pub async fn info(args: InfoArgs) -> Result<ExitCode> {
         &workdir,
         "",
     );
+    let sandboxes = configured_sandboxes(args.config.as_deref())?;
     if args.json {
-        println!("{}", json_output(&info, &system, &report)?);
+        println!("{}", json_output(&info, &system, &report, &sandboxes)?);
     } else {
         print!("{}", table(&info, &system, &report));
+        sandboxes_section(&sandboxes);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One configured sandbox as `info` shows it: each has its own work directory (the agent
+/// info's `workdir` of that sandbox) and isolation.
+#[derive(serde::Serialize)]
+struct SandboxRow {
+    name: String,
+    backend: String,
+    workdir: String,
+    max_concurrent_tasks: u16,
+    isolation: String,
+}
+
+fn configured_sandboxes(config: Option<&std::path::Path>) -> Result<Vec<SandboxRow>> {
+    use agentserver::sandboxes::config::{HostConfig, Isolation, effective_isolation};
+    let config = match config {
+        Some(path) => HostConfig::load(path, true)?,
+        None => HostConfig::load(
+            &agentserver::plugins::config::config_file(&agentserver::paths::state_dir()),
+            false,
+        )?,
+    };
+    Ok(config
+        .sandboxes
+        .iter()
+        .map(|s| {
+            let git = agentserver_workspace::is_git_work_tree(&s.work_dir);
+            let isolation = match effective_isolation(s, git) {
+                Ok(Isolation::Worktree) => "worktree".to_owned(),
+                Ok(Isolation::None) => "none".to_owned(),
+                Err(err) => format!("refused: {err}"),
+            };
+            SandboxRow {
+                name: s.name.clone(),
+                backend: s.backend.to_string(),
+                workdir: s.work_dir.display().to_string(),
+                max_concurrent_tasks: s.max_concurrent_tasks,
+                isolation,
+            }
+        })
+        .collect())
+}
+
+fn sandboxes_section(sandboxes: &[SandboxRow]) {
+    if sandboxes.is_empty() {
+        return;
+    }
+    println!("\nSandboxes (each sends this agent info with its own workdir)");
+    for s in sandboxes {
+        println!(
+            "  {:<16} {:<11} {} task(s), isolation {}, in {}",
+            s.name, s.backend, s.max_concurrent_tasks, s.isolation, s.workdir
+        );
+    }
 }
 
 /// The agent info exactly as sent, plus `probe_timings` (local only, never on the wire).
@@ -39,12 +95,15 @@ fn json_output(
     info: &AgentInfo,
     system: &SystemReport,
     report: &CapabilityReport,
+    sandboxes: &[SandboxRow],
 ) -> Result<String> {
     #[derive(serde::Serialize)]
     struct InfoJson<'a> {
         #[serde(flatten)]
         info: &'a AgentInfo,
         probe_timings: BTreeMap<&'a str, &'a ProbeTiming>,
+        #[serde(skip_serializing_if = "<[SandboxRow]>::is_empty")]
+        sandboxes: &'a [SandboxRow],
     }
     let mut probe_timings = BTreeMap::new();
     probe_timings.extend(system.timings.iter().map(|(k, v)| (k.as_str(), v)));
@@ -52,6 +111,7 @@ fn json_output(
     Ok(serde_json::to_string_pretty(&InfoJson {
         info,
         probe_timings,
+        sandboxes,
     })?)
 }
 

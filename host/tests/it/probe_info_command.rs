@@ -62,3 +62,48 @@ fn table_lists_every_probe_with_its_time() {
         );
     }
 }
+
+#[test]
+fn the_configured_sandboxes_are_named_with_their_workdir_and_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    for d in ["repo", "plain"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+    }
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(root.join("repo"))
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let config = root.join("agentserver.toml");
+    std::fs::write(
+        &config,
+        "[[sandbox]]\nname = \"web\"\nwork_dir = \"repo\"\nmax_concurrent_tasks = 2\n\n\
+         [[sandbox]]\nname = \"api\"\nbackend = \"opencode\"\nwork_dir = \"plain\"\nmax_concurrent_tasks = 2\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agentserver"))
+        .args(["info", "--json", "--config"])
+        .arg(&config)
+        .env("PATH", "/usr/bin:/bin")
+        .env("AGENTSERVER_HOME", root.join("state"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sandboxes = value["sandboxes"].as_array().expect("the sandboxes");
+    assert_eq!(sandboxes[0]["name"], "web");
+    assert_eq!(sandboxes[0]["backend"], "claudecode");
+    assert_eq!(sandboxes[0]["isolation"], "worktree");
+    assert_eq!(
+        sandboxes[0]["workdir"],
+        root.join("repo").display().to_string()
+    );
+    assert_eq!(sandboxes[1]["name"], "api");
+    let refused = sandboxes[1]["isolation"].as_str().unwrap();
+    assert!(
+        refused.starts_with("refused:") && refused.contains("isolation = \"none\""),
+        "{refused}"
+    );
+}
