@@ -366,10 +366,11 @@ impl Worktrees {
         }
         for file in &self.host_files {
             let (from, to) = (self.repo.join(file), path.join(file));
-            if from.is_file() && fs::symlink_metadata(&to).is_err() {
-                if let Err(e) = fs::copy(&from, &to) {
-                    tracing::warn!(file = %from.display(), error = %e, "cannot copy a host file into the task's worktree");
-                }
+            if from.is_file()
+                && fs::symlink_metadata(&to).is_err()
+                && let Err(e) = fs::copy(&from, &to)
+            {
+                tracing::warn!(file = %from.display(), error = %e, "cannot copy a host file into the task's worktree");
             }
         }
         Ok(())
