@@ -314,7 +314,11 @@ fn scan() -> Vec<Tagged> {
         return live;
     };
     for entry in dir.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -437,9 +441,10 @@ fn kill_until_gone(mut find: impl FnMut() -> Vec<Tagged>) -> Vec<Tagged> {
         std::thread::sleep(Duration::from_millis(5));
     }
     // SIGKILL is not instant: wait until each is a zombie or gone.
-    while killed.iter().any(|k| {
-        read_tagged(k.pid, false).is_some_and(|p| p.start == k.start && !p.zombie)
-    }) && Instant::now() < deadline
+    while killed
+        .iter()
+        .any(|k| read_tagged(k.pid, false).is_some_and(|p| p.start == k.start && !p.zombie))
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -455,7 +460,11 @@ fn reap_ours(killed: &[Tagged], cgroup: Option<&Path>, keep: &[u32]) {
     let mut candidates: Vec<(u32, u64)> = killed.iter().map(|k| (k.pid, k.start)).collect();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.filter_map(Result::ok) {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Some(p) = read_tagged(pid, false) else {
@@ -641,7 +650,10 @@ mod tests {
     fn parses_the_fields_a_scan_needs() {
         let stat = "77 (a (b) c) S 12 77 77 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 98765 0 0";
         let (comm, state, ppid, start) = parse_stat(stat).unwrap();
-        assert_eq!((comm.as_str(), state, ppid, start), ("a (b) c", "S", 12, 98765));
+        assert_eq!(
+            (comm.as_str(), state, ppid, start),
+            ("a (b) c", "S", 12, 98765)
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ fn read_pids(file: &Path, want: usize) -> Vec<u32> {
         if pids.len() >= want {
             return pids;
         }
-        assert!(Instant::now() < deadline, "helper wrote {pids:?}, wanted {want}");
+        assert!(
+            Instant::now() < deadline,
+            "helper wrote {pids:?}, wanted {want}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -115,7 +118,10 @@ fn a_task_sweep_kills_what_left_the_group_and_the_session() {
     let pids = read_pids(&file, args.len());
     let (daemon, grouped) = (pids[0], pids[1]);
     // Both outlived the helper, the daemon in a session of its own, reparented to us.
-    assert!(process::is_alive(daemon) && process::is_alive(grouped), "{pids:?}");
+    assert!(
+        process::is_alive(daemon) && process::is_alive(grouped),
+        "{pids:?}"
+    );
     assert_eq!(parent_of(daemon), Some(std::process::id()));
 
     // A process outside the scope survives the sweep.
@@ -127,14 +133,31 @@ fn a_task_sweep_kills_what_left_the_group_and_the_session() {
     let killed: Vec<u32> = leftovers.iter().map(|l| l.pid).collect();
     for pid in &pids {
         assert!(killed.contains(pid), "{pid} not in {leftovers:?}");
-        assert!(!exists(*pid), "{pid} survived the sweep (or is an unreaped zombie)");
+        assert!(
+            !exists(*pid),
+            "{pid} survived the sweep (or is an unreaped zombie)"
+        );
     }
-    assert!(leftovers.iter().any(|l| l.pid == daemon && l.comm == "python3"));
+    assert!(
+        leftovers
+            .iter()
+            .any(|l| l.pid == daemon && l.comm == "python3")
+    );
     if scrubbed {
-        assert!(leftovers.iter().any(|l| l.pid == pids[2] && l.comm == "sleep"));
-        assert!(!scope.cgroup_dir().unwrap().exists(), "the cgroup is removed");
+        assert!(
+            leftovers
+                .iter()
+                .any(|l| l.pid == pids[2] && l.comm == "sleep")
+        );
+        assert!(
+            !scope.cgroup_dir().unwrap().exists(),
+            "the cgroup is removed"
+        );
     }
-    assert!(process::is_alive(outsider.id()), "an untagged process was killed");
+    assert!(
+        process::is_alive(outsider.id()),
+        "an untagged process was killed"
+    );
     outsider.kill().unwrap();
     outsider.wait().unwrap();
     eprintln!("sweep of {} leftovers took {took:?}", leftovers.len());
@@ -163,7 +186,10 @@ fn orphans_of_a_shared_server_are_killed_and_its_children_kept() {
     );
     assert!(!exists(daemon));
     assert!(process::is_alive(server_pid), "the kept server was killed");
-    assert!(process::is_alive(own_child), "the server's own child was killed");
+    assert!(
+        process::is_alive(own_child),
+        "the server's own child was killed"
+    );
 
     // At shutdown: the server is stopped and awaited, then the whole scope goes.
     server.kill().unwrap();
@@ -180,13 +206,15 @@ fn a_stale_hosts_processes_are_killed_at_start() {
     let dead_pid = gone.id();
     gone.wait().unwrap();
     let mut stale = Command::new("sleep");
-    stale
-        .arg("30")
-        .env(SCOPE_ENV, format!("{dead_pid}-1.task.stale-{}", std::process::id()));
+    stale.arg("30").env(
+        SCOPE_ENV,
+        format!("{dead_pid}-1.task.stale-{}", std::process::id()),
+    );
     let mut stale = stale.spawn().unwrap();
     let mut live = Command::new("sleep");
     live.arg("30");
-    Scope::task("not-stale").apply(&mut live);
+    let not_stale = Scope::task("not-stale");
+    not_stale.apply(&mut live);
     let mut live = live.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
@@ -198,6 +226,7 @@ fn a_stale_hosts_processes_are_killed_at_start() {
     assert!(process::is_alive(live.id()));
     live.kill().unwrap();
     live.wait().unwrap();
+    assert!(not_stale.sweep().is_empty());
 }
 
 #[test]
@@ -211,4 +240,3 @@ fn a_sweep_with_nothing_tagged_is_one_cheap_scan() {
     eprintln!("an empty sweep took {each:?}");
     assert!(each < Duration::from_millis(500), "{each:?}");
 }
-
