@@ -245,12 +245,13 @@ pub(crate) async fn spawn(
     let stop = &managed.stop;
     let mut child = {
         let _spawning = managed.lock_spawn();
-        let child = command(config, &managed.scope)
-            .spawn()
-            .map_err(|source| StartError::Spawn {
-                bin: config.opencode_bin.display().to_string(),
-                source,
-            })?;
+        let child =
+            command(config, &managed.scope)
+                .spawn()
+                .map_err(|source| StartError::Spawn {
+                    bin: config.opencode_bin.display().to_string(),
+                    source,
+                })?;
         managed.set_pid(child.id());
         child
     };

@@ -174,7 +174,9 @@ impl Scope {
             }
             found
         });
-        reap_ours(&killed, dir.as_deref(), &[]);
+        if !killed.is_empty() || dir.is_some() || seen_any() {
+            reap_ours(&killed, dir.as_deref(), &[]);
+        }
         if let Some(dir) = &dir {
             remove_cgroup(dir);
         }
@@ -400,6 +402,11 @@ fn remember(pid: u32, start: u64) {
         }
     }
     seen.insert(pid, start);
+}
+
+fn seen_any() -> bool {
+    let seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    seen.as_ref().is_some_and(|s| !s.is_empty())
 }
 
 fn was_seen(pid: u32, start: u64) -> bool {
