@@ -242,9 +242,10 @@ pub fn sweep(id: u32) -> usize {
             let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
     }
-    if !found.is_empty() {
-        reap_group_zombies(id, std::time::Instant::now() + Duration::from_millis(500));
-    }
+    // Also when nothing was alive: claude's MCP servers, reparented to us when claude exited,
+    // may have exited on their own since and be our zombies now.
+    let wait = if found.is_empty() { 0 } else { 500 };
+    reap_group_zombies(id, std::time::Instant::now() + Duration::from_millis(wait));
     found.len()
 }
 
@@ -253,7 +254,7 @@ pub fn sweep(id: u32) -> usize {
 /// (bounded) for the killed ones to die first.
 fn reap_group_zombies(id: u32, deadline: std::time::Instant) {
     let me = std::process::id();
-    while !processes_in_group(id).is_empty() && std::time::Instant::now() < deadline {
+    while std::time::Instant::now() < deadline && !processes_in_group(id).is_empty() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let Ok(dir) = std::fs::read_dir("/proc") else {

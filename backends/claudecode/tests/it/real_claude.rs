@@ -352,6 +352,20 @@ async fn an_mcp_servers_daemon_does_not_outlive_the_task() {
         !std::path::Path::new(&format!("/proc/{daemon}")).exists(),
         "the MCP server's daemon {daemon} survived the task"
     );
+    // No zombie is left either: the MCP server itself (claude's child, ours once claude
+    // exited) and the daemon were reaped.
+    let me = std::process::id().to_string();
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .collect();
+            fields[0] == "Z" && fields[1] == me
+        })
+        .collect();
+    assert!(zombies.is_empty(), "zombie children left: {zombies:?}");
     // Nothing else of the task survives either.
     let scope = agentserver_backend_claudecode::process::Scope::task(&task_id);
     assert!(scope.members().is_empty(), "{:?}", scope.members());
