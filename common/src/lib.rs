@@ -3,7 +3,9 @@
 //!
 //! - [`process`]: child processes in their own process group or session, with the signal mask
 //!   reset and a parent-death signal; the stop ladder (signal → grace → SIGKILL of the group);
-//!   the leftover sweep; a bounded stderr tail. The only place that calls `killpg`.
+//!   the leftover sweep; a bounded stderr tail. The only place that calls `killpg`. Its
+//!   [`process::scope`]: the subreaper and [`process::Scope`], which finds and kills what a task
+//!   or a shared server started even after it left its group and session (issue 18).
 //! - [`backoff`]: the one retry schedule ([`backoff::Backoff`]: initial, cap, jitter,
 //!   reset after a long-lived attempt) and a jittered interval helper.
 //! - [`sse`]: the one bounded, incremental Server-Sent Events parser.

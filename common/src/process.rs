@@ -9,6 +9,8 @@
 //! - [`StopLadder`]: signal the group, wait a grace, SIGKILL the group, wait.
 //! - [`sweep`]: SIGKILL whatever is left in a child's group or session after it is gone.
 //! - [`StderrTail`] and [`collect_tail`]: the newest bytes a child printed, bounded.
+//! - [`Scope`] ([`scope`]), [`become_subreaper`] and [`sweep_stale`]: what a task or a shared
+//!   server started, found and killed even after it left the group and the session.
 //!
 //! A parent-death signal fires when the *thread* that spawned the child ends, not the process:
 //! spawn from a thread that lives as long as the child should (a runtime worker, never a
@@ -23,6 +25,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
+
+pub mod scope;
+
+pub use scope::{Leftover, SCOPE_ENV, Scope, become_subreaper, sweep_stale};
 
 /// How a child is detached from the host's process group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +220,9 @@ fn parse_stat(pid: u32, stat: &str) -> Option<ProcInfo> {
 }
 
 /// The leftover sweep: SIGKILLs the group `id` and every live process still in session `id` (a process that moved
-/// to its own group but stayed in the session). Returns how many live processes it found.
+/// to its own group but stayed in the session), and reaps those of them that were reparented
+/// to this process (a subreaper, [`become_subreaper`]). Call it after the leader `id` was
+/// awaited: the leader itself is never reaped here. Returns how many live processes it found.
 pub fn sweep(id: u32) -> usize {
     let found = processes_in_group(id);
     kill_group(id, Signal::SIGKILL);
@@ -234,7 +242,55 @@ pub fn sweep(id: u32) -> usize {
             let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
     }
+    // Also when nothing was alive: claude's MCP servers, reparented to us when claude exited,
+    // may have exited on their own since and be our zombies now.
+    let wait = if found.is_empty() { 0 } else { 500 };
+    reap_group_zombies(id, std::time::Instant::now() + Duration::from_millis(wait));
     found.len()
+}
+
+/// Reaps our zombie children in group or session `id` other than its leader: none of them is
+/// a child we spawned (each of ours leads a group of its own), so no `Child` owns them. Waits
+/// (bounded) for the killed ones to die first.
+fn reap_group_zombies(id: u32, deadline: std::time::Instant) {
+    let me = std::process::id();
+    while std::time::Instant::now() < deadline && !processes_in_group(id).is_empty() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in dir
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    {
+        if pid == id {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let zombie = fields.first() == Some(&"Z");
+        let parent = fields.get(1).and_then(|f| f.parse::<u32>().ok());
+        let in_group = fields[2.min(fields.len())..]
+            .iter()
+            .take(2)
+            .any(|f| f.parse::<u32>().ok() == Some(id));
+        if zombie
+            && parent == Some(me)
+            && in_group
+            && let Ok(raw) = i32::try_from(pid)
+        {
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(raw),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
 }
 
 /// The newest bytes of a stream, bounded: the tail of a child's stderr kept for failure

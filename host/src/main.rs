@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         cli.log_format,
         std::io::stderr,
     );
+    own_leftovers(cli.command.as_ref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,6 +45,34 @@ fn main() -> ExitCode {
     // leave them behind so the process exits as promised.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     code
+}
+
+/// Nothing left behind (issue 18): a command that runs tasks makes the host a child subreaper
+/// (the orphans of its children's descendants come to it, to be found and reaped) and kills
+/// what a host that was killed with SIGKILL left tagged (`sweep_stale`), before any child of
+/// its own starts.
+fn own_leftovers(command: Option<&cli::Command>) {
+    use cli::Command;
+    let runs_tasks = matches!(
+        command,
+        None | Some(
+            Command::Run(_)
+                | Command::Claudecode(_)
+                | Command::Connect(_)
+                | Command::TaskWorker(_)
+                | Command::Demo(_)
+        )
+    );
+    if !runs_tasks {
+        return;
+    }
+    let subreaper = agentserver_common::process::become_subreaper();
+    let stale = agentserver_common::process::sweep_stale();
+    tracing::debug!(
+        subreaper,
+        stale_killed = stale.len(),
+        "the host owns its leftover processes"
+    );
 }
 
 /// How long the exit waits for blocking tasks (file writes, plugin calls) still running.

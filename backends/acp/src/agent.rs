@@ -6,6 +6,7 @@
 //! task, and a line that is not JSON ends the connection as a clear failure.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use agent_client_protocol::v1::schema::{
     WriteTextFileRequest,
 };
 use agent_client_protocol::{Agent as AgentRole, Client, Lines};
-use agentserver_common::process::{self, Detach, StderrTail, StopLadder};
+use agentserver_common::process::{self, Detach, Scope, StderrTail, StopLadder};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
@@ -115,6 +116,10 @@ pub struct AgentProcess {
     pub sessions: Arc<Sessions>,
     /// The terminals it created.
     pub terminals: Arc<Terminals>,
+    /// The shared scope the agent and everything it starts are tagged with.
+    pub scope: Scope,
+    /// Tasks running on it now; the last one to end sweeps the scope's orphans.
+    tasks: AtomicUsize,
     health: Arc<Health>,
     stderr: Arc<Mutex<StderrTail>>,
     /// `Some(status text)` once the process is reaped.
@@ -138,6 +143,8 @@ impl AgentProcess {
         }
         cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         process::isolate(cmd.as_std_mut(), Detach::Group);
+        let scope = Scope::shared("acp-agent");
+        scope.apply(cmd.as_std_mut());
         let mut child = cmd.spawn().map_err(|source| StartError::Spawn {
             command: program.clone(),
             source,
@@ -171,6 +178,7 @@ impl AgentProcess {
             exited_tx,
             health.clone(),
             terminals.clone(),
+            scope.clone(),
         ));
 
         let sessions = Arc::new(Sessions::default());
@@ -216,6 +224,8 @@ impl AgentProcess {
             pid,
             sessions,
             terminals,
+            scope,
+            tasks: AtomicUsize::new(0),
             health,
             stderr,
             exited,
@@ -356,12 +366,43 @@ impl AgentProcess {
         Some(reason)
     }
 
+    /// Counts a task in; the returned guard counts it out, and the last task out kills what
+    /// the agent's tools daemonized (the scope's processes reparented to the host), keeping
+    /// the agent and its own children.
+    pub fn task_started(self: &Arc<Self>) -> TaskGuard {
+        self.tasks.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(Some(self.clone()))
+    }
+
     /// Stops the agent's process group (SIGTERM, grace, SIGKILL) and waits until it is reaped.
     pub async fn stop(&self) {
         self.health.fail("the ACP agent was stopped");
         self.shutdown.cancel();
         let mut exited = self.exited.clone();
         let _ = exited.wait_for(Option::is_some).await;
+    }
+}
+
+/// Counts a task out of its agent (see [`AgentProcess::task_started`]).
+pub struct TaskGuard(Option<Arc<AgentProcess>>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let Some(agent) = self.0.take() else {
+            return;
+        };
+        if agent.tasks.fetch_sub(1, Ordering::SeqCst) != 1 || agent.is_dead() {
+            return;
+        }
+        let sweep = move || {
+            if agent.tasks.load(Ordering::SeqCst) == 0 && !agent.is_dead() {
+                agent.scope.sweep_orphans(&[agent.pid]);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(sweep)),
+            Err(_) => sweep(),
+        }
     }
 }
 
@@ -375,6 +416,7 @@ async fn own_process(
     exited_tx: watch::Sender<Option<String>>,
     health: Arc<Health>,
     terminals: Arc<Terminals>,
+    scope: Scope,
 ) {
     let status = tokio::select! {
         status = child.wait() => {
@@ -395,6 +437,9 @@ async fn own_process(
     };
     process::sweep(pid);
     terminals.release_all();
+    // The agent was awaited: whatever of its scope still lives is left over.
+    drop(child);
+    let _ = tokio::task::spawn_blocking(move || scope.sweep()).await;
     tracing::info!(pid, %status, "ACP agent gone");
     let _ = exited_tx.send(Some(status));
 }

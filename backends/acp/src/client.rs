@@ -110,8 +110,11 @@ impl ClientSide {
         &self,
         request: &agent_client_protocol::v1::schema::CreateTerminalRequest,
     ) -> Result<agent_client_protocol::v1::schema::CreateTerminalResponse, Error> {
-        let workspace = self.workspace(request.session_id.0.as_ref())?;
-        self.terminals.create(&workspace, request)
+        let ctx = self
+            .sessions
+            .ctx(request.session_id.0.as_ref())
+            .ok_or_else(|| invalid(format!("unknown session `{}`", request.session_id.0)))?;
+        self.terminals.create(&ctx.workspace, &ctx.scope, request)
     }
 
     /// The workspace of a session a task owns.

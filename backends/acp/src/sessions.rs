@@ -36,6 +36,8 @@ pub struct SessionCtx {
     /// Set once the task sent `session/cancel`: permission requests are then answered
     /// `cancelled`.
     pub cancelling: AtomicBool,
+    /// The task's scope: the terminal commands it asks for are tagged with it.
+    pub scope: agentserver_common::process::Scope,
 }
 
 struct Route {
@@ -235,6 +237,7 @@ mod tests {
         let ctx = Arc::new(SessionCtx {
             workspace: Workspace::new(dir.path()).unwrap(),
             cancelling: AtomicBool::new(false),
+            scope: agentserver_common::process::Scope::task("test"),
         });
         let mut rx = sessions.claim("s1", ctx);
         sessions.route("s1", "three").await;
@@ -262,6 +265,7 @@ mod tests {
         let ctx = Arc::new(SessionCtx {
             workspace: Workspace::new(dir.path()).unwrap(),
             cancelling: AtomicBool::new(false),
+            scope: agentserver_common::process::Scope::task("test"),
         });
         let mut rx = sessions.claim("b", ctx);
         assert_eq!(rx.recv().await.as_deref(), Some("small"));

@@ -16,7 +16,7 @@ use agent_client_protocol::v1::schema::{
     CreateTerminalRequest, CreateTerminalResponse, TerminalExitStatus, TerminalOutputResponse,
 };
 use agent_client_protocol::{Error, ErrorCode};
-use agentserver_common::process::{self, Detach, StderrTail, StopLadder};
+use agentserver_common::process::{self, Detach, Scope, StderrTail, StopLadder};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,7 @@ impl Terminals {
     pub fn create(
         &self,
         workspace: &Workspace,
+        scope: &Scope,
         request: &CreateTerminalRequest,
     ) -> Result<CreateTerminalResponse, Error> {
         if self.lock().len() >= MAX_TERMINALS {
@@ -83,6 +84,8 @@ impl Terminals {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         process::isolate(cmd.as_std_mut(), Detach::Group);
+        // Tagged with the task that asked, swept when it ends.
+        scope.apply(cmd.as_std_mut());
         let mut child = cmd.spawn().map_err(|e| {
             Error::new(
                 ErrorCode::INTERNAL_ERROR,
@@ -187,15 +190,25 @@ impl Terminals {
         Ok(())
     }
 
-    /// Kills and forgets every terminal of `session` (its task ended).
-    pub fn release_session(&self, session: &str) {
+    /// Kills and forgets every terminal of `session` (its task ended), and waits (bounded)
+    /// until each command was reaped, so that the task's scope can be swept after it.
+    pub async fn release_session(&self, session: &str) {
+        let mut exits = Vec::new();
         self.lock().retain(|_, t| {
             let keep = t.session != session;
             if !keep {
                 t.kill.cancel();
+                exits.push(t.exit.clone());
             }
             keep
         });
+        for mut exit in exits {
+            let _ = tokio::time::timeout(
+                KILL_GRACE + Duration::from_secs(6),
+                exit.wait_for(Option::is_some),
+            )
+            .await;
+        }
     }
 
     /// Kills and forgets every terminal (the agent stops).

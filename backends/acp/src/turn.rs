@@ -15,6 +15,8 @@ use agentserver_plugin_api::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use agentserver_common::process::Scope;
+
 use crate::agent::{AgentProcess, describe};
 use crate::config::AcpConfig;
 use crate::sessions::SessionCtx;
@@ -98,9 +100,12 @@ pub async fn run(
         },
         () = cancel.cancelled() => return TaskOutcome::cancelled("cancelled before the ACP session started"),
     };
+    let _counted = agent.task_started();
+    let scope = Scope::task(&task.task_id);
     let ctx = Arc::new(SessionCtx {
         workspace,
         cancelling: AtomicBool::new(false),
+        scope: scope.clone(),
     });
     let mut updates = agent.sessions.claim(&session_id, ctx.clone());
     let outcome = Turn {
@@ -112,7 +117,10 @@ pub async fn run(
     .drive(&task, &ctx, &mut updates, cancel)
     .await;
     agent.sessions.release(&session_id);
-    agent.terminals.release_session(&session_id);
+    // Every terminal command of the task is stopped and awaited; then whatever it left
+    // (outside its group too) is swept.
+    agent.terminals.release_session(&session_id).await;
+    let _ = tokio::task::spawn_blocking(move || scope.sweep()).await;
     outcome
 }
 

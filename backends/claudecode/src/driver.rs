@@ -25,7 +25,9 @@ use crate::config::ClaudeCodeConfig;
 use crate::io::{LineItem, read_lines};
 use crate::protocol::{claude_args, initialize_request, user_message};
 use crate::turn::{LineStep, Turn, final_outcome};
-use agentserver_common::process::{Detach, StderrTail, StopLadder, collect_tail, isolate, sweep};
+use agentserver_common::process::{
+    Detach, Leftover, Scope, StderrTail, StopLadder, collect_tail, isolate, sweep,
+};
 
 /// How a task run ended, seen from the process side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +76,9 @@ pub struct RunStats {
     pub stderr_bytes: u64,
     /// Processes of the group or session still alive after the CLI was reaped, killed then.
     pub leftovers_killed: usize,
+    /// Processes of the task's [`Scope`] still alive after that (they left the group and the
+    /// session: a daemonized MCP server child), killed then.
+    pub scope_leftovers: Vec<Leftover>,
 }
 
 /// A task's outcome plus what the run did.
@@ -132,8 +137,11 @@ pub(crate) async fn run_task(
         cmd.env_clear();
     }
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
-    // A session (and group) of its own, dying with the host.
+    // A session (and group) of its own, dying with the host; everything it starts is tagged
+    // with the task's scope (and in its cgroup where there is one).
     isolate(cmd.as_std_mut(), Detach::Session);
+    let scope = Scope::task(&task.task_id);
+    scope.apply(cmd.as_std_mut());
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -154,6 +162,9 @@ pub(crate) async fn run_task(
 
     let outcome = supervise(&mut child, pid, config, task, events, cancel, &mut stats).await;
     crate::lock(registry).remove(&pid);
+    // claude was awaited (or is past saving): whatever of the task still lives is a leftover.
+    drop(child);
+    stats.scope_leftovers = sweep_scope(scope).await;
     tracing::info!(
         task_id = %task.task_id,
         pid,
@@ -167,6 +178,13 @@ pub(crate) async fn run_task(
         "claude finished"
     );
     RunReport { outcome, stats }
+}
+
+/// Sweeps a task's scope off the runtime's workers (it may wait a little for the killed).
+pub(crate) async fn sweep_scope(scope: Scope) -> Vec<Leftover> {
+    tokio::task::spawn_blocking(move || scope.sweep())
+        .await
+        .unwrap_or_default()
 }
 
 /// Writes queued stdin lines until the sender is dropped, then closes stdin.

@@ -74,6 +74,30 @@ impl Drop for Inner {
     }
 }
 
+/// Counts a task out; the last one out sweeps the server's orphans (what a tool daemonized):
+/// with no task running none of them is in use.
+struct SweepWhenIdle(Option<Arc<Managed>>);
+
+impl Drop for SweepWhenIdle {
+    fn drop(&mut self) {
+        let Some(managed) = self.0.take() else {
+            return;
+        };
+        if managed.tasks.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let sweep = move || {
+            if managed.tasks.load(Ordering::SeqCst) == 0 {
+                managed.sweep_orphans();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(sweep)),
+            Err(_) => sweep(),
+        }
+    }
+}
+
 impl std::fmt::Debug for OpencodeBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpencodeBackend")
@@ -225,6 +249,10 @@ impl OpencodeBackend {
             base: &base,
             version: &version,
         };
+        let managed = self.inner.managed.clone();
+        managed.tasks.fetch_add(1, Ordering::SeqCst);
+        // Counted down even when this future is dropped mid-task.
+        let _last_out = SweepWhenIdle(Some(managed));
         run.execute(task, events, cancel).await
     }
 
@@ -373,12 +401,9 @@ async fn start_server(inner: &Arc<Inner>) -> Result<(), StartError> {
             )),
         };
     }
-    let slot = managed.clone();
-    let running = server::spawn(config, &inner.api, &managed.stop, move |pid| {
-        slot.set_pid(Some(pid))
-    })
-    .await
-    .map_err(|e| fail(managed, e))?;
+    let running = server::spawn(config, &inner.api, managed)
+        .await
+        .map_err(|e| fail(managed, e))?;
     managed.set_version(&running.version);
     managed.state.send_replace(ServerState::Ready {
         base: running.base.clone(),

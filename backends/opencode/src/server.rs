@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentserver_common::backoff::{Backoff, BackoffPolicy};
-use agentserver_common::process::{Detach, StderrTail, StopLadder, isolate, kill_group, sweep};
+use agentserver_common::process::{
+    Detach, Leftover, Scope, StderrTail, StopLadder, isolate, kill_group, sweep,
+};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -198,7 +200,7 @@ fn log_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
-fn command(config: &OpencodeConfig) -> Command {
+fn command(config: &OpencodeConfig, scope: &Scope) -> Command {
     let mut cmd = Command::new(&config.opencode_bin);
     cmd.arg("serve")
         .arg("--hostname")
@@ -226,25 +228,34 @@ fn command(config: &OpencodeConfig) -> Command {
     if let Some(token) = config.token() {
         cmd.env("OPENCODE_SERVER_PASSWORD", token.expose());
     }
+    // Everything it and its tools start is tagged with the server's shared scope.
+    scope.apply(cmd.as_std_mut());
     cmd
 }
 
-/// Starts `opencode serve` and waits until it is ready (or `stop` fires). `on_spawn` gets
-/// the pid right after the spawn, so that the caller can kill it whatever happens next.
+/// Starts `opencode serve` and waits until it is ready (or `managed.stop` fires). The pid is
+/// recorded in `managed` right after the spawn (under its spawn lock, so that an orphan sweep
+/// never mistakes the new server for an orphan), so that it can be killed whatever happens
+/// next.
 pub(crate) async fn spawn(
     config: &OpencodeConfig,
     api: &Api,
-    stop: &CancellationToken,
-    on_spawn: impl FnOnce(u32),
+    managed: &Managed,
 ) -> Result<Running, StartError> {
-    let mut child = command(config)
-        .spawn()
-        .map_err(|source| StartError::Spawn {
-            bin: config.opencode_bin.display().to_string(),
-            source,
-        })?;
+    let stop = &managed.stop;
+    let mut child = {
+        let _spawning = managed.lock_spawn();
+        let child =
+            command(config, &managed.scope)
+                .spawn()
+                .map_err(|source| StartError::Spawn {
+                    bin: config.opencode_bin.display().to_string(),
+                    source,
+                })?;
+        managed.set_pid(child.id());
+        child
+    };
     let pid = child.id().unwrap_or(0);
-    on_spawn(pid);
     tracing::info!(pid, bin = %config.opencode_bin.display(), port = config.opencode_port, "starting opencode serve");
     let tail = Tail::default();
     if let Some(stderr) = child.stderr.take() {
@@ -268,6 +279,8 @@ pub(crate) async fn spawn(
         Err(e) => {
             kill_group(pid, Signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            drop(child);
+            sweep_scope(&managed.scope).await;
             Err(e)
         }
     }
@@ -366,6 +379,14 @@ pub(crate) async fn stop_child(child: &mut Child, pid: u32, grace: Duration) {
     sweep(pid);
 }
 
+/// Sweeps the whole scope (every server of it awaited) off the runtime's workers.
+pub(crate) async fn sweep_scope(scope: &Scope) -> Vec<Leftover> {
+    let scope = scope.clone();
+    tokio::task::spawn_blocking(move || scope.sweep())
+        .await
+        .unwrap_or_default()
+}
+
 /// State shared by the backend and the supervisor of a server the backend started.
 pub(crate) struct Managed {
     pub state: watch::Sender<ServerState>,
@@ -374,6 +395,12 @@ pub(crate) struct Managed {
     pub stop: CancellationToken,
     pub restarts: AtomicU64,
     pub version: Mutex<String>,
+    /// The scope every server this backend starts, and all it starts, is tagged with.
+    pub scope: Scope,
+    /// Held from a spawn until its pid is recorded, and by an orphan sweep.
+    spawning: Mutex<()>,
+    /// Tasks running now; the last one to end sweeps the scope's orphans.
+    pub tasks: std::sync::atomic::AtomicUsize,
 }
 
 impl Managed {
@@ -384,7 +411,22 @@ impl Managed {
             stop: CancellationToken::new(),
             restarts: AtomicU64::new(0),
             version: Mutex::new(String::new()),
+            scope: Scope::shared("opencode"),
+            spawning: Mutex::new(()),
+            tasks: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    fn lock_spawn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.spawning.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kills what the server's tools daemonized (processes of the scope reparented to the
+    /// host), keeping the running server; its own children (MCP servers) stay.
+    pub fn sweep_orphans(&self) -> Vec<Leftover> {
+        let _spawning = self.lock_spawn();
+        let keep: Vec<u32> = self.current_pid().into_iter().collect();
+        self.scope.sweep_orphans(&keep)
     }
 
     pub fn set_pid(&self, pid: Option<u32>) {
@@ -430,13 +472,16 @@ pub(crate) async fn supervise(
             _ = shared.stop.cancelled() => {
                 stop_child(&mut running.child, running.pid, config.stop_grace).await;
                 shared.set_pid(None);
+                sweep_scope(&shared.scope).await;
                 shared.state.send_replace(ServerState::Stopped);
                 return;
             }
         };
-        // Leftovers of its group (tools it was running) go with it.
+        // Leftovers of its group (tools it was running) go with it, and so does what left the
+        // group (no server of the scope runs now: all of it is left over).
         sweep(running.pid);
         shared.set_pid(None);
+        sweep_scope(&shared.scope).await;
         if shared.stop.is_cancelled() {
             shared.state.send_replace(ServerState::Stopped);
             return;
@@ -463,12 +508,7 @@ pub(crate) async fn supervise(
                     return;
                 }
             }
-            let pid_slot = shared.clone();
-            match spawn(&config, &api, &shared.stop, move |pid| {
-                pid_slot.set_pid(Some(pid))
-            })
-            .await
-            {
+            match spawn(&config, &api, &shared).await {
                 Ok(r) => {
                     generation += 1;
                     let n = shared.restarts.fetch_add(1, Ordering::SeqCst) + 1;

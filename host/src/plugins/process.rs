@@ -16,7 +16,8 @@
 //! broken frame) fails only its task, as a `system` failure naming the signal or exit status;
 //! the next task starts a fresh child. After cancellation or the deadline plus the grace
 //! period, the child's process group is killed: unlike an in-process call, nothing is left
-//! running.
+//! running. The child runs in the task's `Scope` (environment tag, and cgroup where there is
+//! one), swept once it was reaped, so what the plugin daemonized goes too.
 
 use std::ffi::{c_char, c_void};
 use std::io::{Read, Write};
@@ -489,10 +490,11 @@ impl Backend for ProcessBackend {
             Ok(json) => json,
             Err(e) => return TaskOutcome::failed(FailureKind::System, format!("bad task: {e}")),
         };
-        let mut child = match tokio::process::Command::from(command(&self.exe, &self.library))
-            .kill_on_drop(true)
-            .spawn()
-        {
+        // The plugin-host process and whatever the plugin starts belong to the task.
+        let scope = agentserver_common::process::Scope::task(&task.task_id);
+        let mut cmd = tokio::process::Command::from(command(&self.exe, &self.library));
+        scope.apply(cmd.as_std_mut());
+        let mut child = match cmd.kill_on_drop(true).spawn() {
             Ok(child) => child,
             Err(e) => {
                 return self.failed(format!(
@@ -604,6 +606,9 @@ impl Backend for ProcessBackend {
         if status.is_some() {
             guard.pgid = None;
         }
+        // The child was awaited: what the plugin left behind (in its group or not) goes now.
+        drop(child);
+        let _ = tokio::task::spawn_blocking(move || scope.sweep()).await;
         let outcome = match pumped {
             Some(Pumped::Outcome(Some(json))) => match serde_json::from_str::<TaskOutcome>(&json) {
                 Ok(outcome) => normalise(outcome),

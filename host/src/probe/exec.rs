@@ -90,6 +90,11 @@ pub async fn run(
         command.as_std_mut(),
         agentserver_common::process::Detach::Group,
     );
+    // A scope of its own: a daemon the tool starts (a build tool's server) is swept after it.
+    #[cfg(unix)]
+    let scope = agentserver_common::process::Scope::shared("probe");
+    #[cfg(unix)]
+    scope.apply(command.as_std_mut());
 
     let mut child = command.spawn().map_err(ExecError::Spawn)?;
     let pid = child.id();
@@ -110,7 +115,7 @@ pub async fn run(
         out.extend_from_slice(&err);
         Ok(String::from_utf8_lossy(&out).into_owned())
     };
-    match tokio::time::timeout(timeout, work).await {
+    let result = match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
         Err(_) => {
             // Kill the whole group: the tool itself, or a helper it left holding the pipes
@@ -119,9 +124,14 @@ pub async fn run(
                 kill_group(pid);
             }
             let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
             Err(ExecError::Timeout(timeout))
         }
-    }
+    };
+    drop(child);
+    #[cfg(unix)]
+    let _ = tokio::task::spawn_blocking(move || scope.sweep()).await;
+    result
 }
 
 async fn read_limited<R: AsyncRead + Unpin>(pipe: Option<R>) -> std::io::Result<Vec<u8>> {

@@ -22,6 +22,10 @@ It speaks ACP v1 over stdio. What a prompt does is chosen by keywords in its tex
   TERM_KILL             `sleep 30`, terminal/kill, wait_for_exit; reports the exit status
   TERM_OUTSIDE          terminal/create with cwd "/"; reports the error
   TERM_LEAK             `sh -c 'echo $$; exec sleep 30'`, never released; reports "pid: N"
+  TERM_DAEMON           a command that leaves a `setsid` daemon behind and exits; reports
+                        the daemon's "pid: N"
+  AGENT_DAEMON          the agent itself daemonizes a child (double fork + setsid); reports
+                        its "pid: N"
 
 FAKE_ACP_MODE=no_init in the environment: never answers initialize.
 FAKE_ACP_SESSION_DELAY=<seconds>: session/new answers after that long.
@@ -115,6 +119,12 @@ def terminal(sid, text):
             threading.Event().wait(0.05)
         chunk(sid, "pid: " + out)
         return
+    if "TERM_DAEMON" in text:
+        tid = result(create("sh", ["-c", "setsid sh -c 'echo $$; exec sleep 60' & sleep 0.3"]))["terminalId"]
+        result(call("terminal/wait_for_exit", tid))
+        out = result(call("terminal/output", tid))["output"].strip()
+        chunk(sid, "pid: " + out)
+        return
     if "TERM_RUN" in text:
         tid = result(create("sh", ["-c", "printf 'h\\303\\251llo %s\\n' \"$PWD\"; echo err >&2; exit 7"],
                             outputByteLimit=1000))["terminalId"]
@@ -152,6 +162,25 @@ def prompt(rid, params):
         outcome = permission(sid, "/tmp/after-cancel")
         chunk(sid, "permission: " + json.dumps(outcome, sort_keys=True))
         answer(rid, {"stopReason": "cancelled"})
+        return
+    if "AGENT_DAEMON" in text:
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                for fd in (0, 1, 2):
+                    os.close(fd)
+                threading.Event().wait(60)
+                os._exit(0)
+            os.write(w, str(pid).encode())
+            os._exit(0)
+        os.close(w)
+        pid = int(os.read(r, 32))
+        os.close(r)
+        os.wait()
+        chunk(sid, "pid: " + str(pid))
+        answer(rid, {"stopReason": "end_turn"})
         return
     if "TERM_" in text:
         terminal(sid, text)

@@ -441,6 +441,53 @@ async fn terminals_run_in_the_workspace_with_bounded_output_and_are_killed() {
     backend.shutdown().await;
 }
 
+fn reported_pid(done: &Finished) -> u32 {
+    let text = done.text();
+    text.split_once("pid: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text}"))
+}
+
+#[tokio::test]
+async fn what_a_terminal_or_the_agent_daemonized_does_not_outlive_the_task() {
+    // As the host binary does: orphans are reparented to us.
+    assert!(agentserver_common::process::become_subreaper());
+    let (_dir, work) = workspace();
+    let backend = AcpBackend::new(fake_config(&work));
+
+    // A terminal command left a daemon in a session of its own: the task's scope sweep.
+    let done = run(&backend, task(&work, "TERM_DAEMON")).await;
+    assert_eq!(
+        done.outcome.status,
+        TaskStatus::Completed,
+        "{:?}",
+        done.outcome
+    );
+    let daemon = reported_pid(&done);
+    assert!(
+        wait_gone(daemon, Duration::from_secs(5)).await,
+        "the terminal's daemon {daemon} outlived its task"
+    );
+
+    // The agent daemonized a child: the shared scope's orphan sweep when no task runs; the
+    // agent itself stays.
+    let done = run(&backend, task(&work, "AGENT_DAEMON")).await;
+    assert_eq!(
+        done.outcome.status,
+        TaskStatus::Completed,
+        "{:?}",
+        done.outcome
+    );
+    let daemon = reported_pid(&done);
+    assert!(
+        wait_gone(daemon, Duration::from_secs(5)).await,
+        "the agent's daemon {daemon} outlived the task"
+    );
+    let agent = backend.agent_pid().await.expect("the agent runs");
+    assert!(agentserver_common::process::is_alive(agent));
+    backend.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_next_session_is_made_ahead_of_time() {
     let (_dir, work) = workspace();

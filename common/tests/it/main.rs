@@ -1,0 +1,3 @@
+//! Integration tests of `agentserver-common` with real processes.
+
+mod scope;
