@@ -208,6 +208,12 @@ pub(crate) async fn run_task(shared: Arc<Shared>, polled: PolledTask, cancel: Ca
         }
     };
 
+    // Nothing the task started outlives it (whatever the backend swept itself): the processes
+    // tagged with the task's scope, wherever they went (`setsid`, double forks).
+    {
+        let scope = agentserver_common::process::Scope::task(&task_id);
+        let _ = tokio::task::spawn_blocking(move || scope.sweep()).await;
+    }
     // The worktree's work goes to its branch (nothing is lost), the branch is told in an
     // event, and the directory goes.
     if let (Some(worktrees), Some(ws)) = (&shared.config.workspaces, workspace) {
