@@ -173,6 +173,7 @@ pub enum Command {
     Plugins(PluginsArgs),
     /// Run a local mock agentserver (for plugin authors and tests).
     #[cfg(feature = "dev-server")]
+    #[command(after_help = crate::commands::dev_server::control_api("http://ADDR"))]
     DevServer(DevServerArgs),
     /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
     #[cfg(feature = "dev-server")]

@@ -4,7 +4,7 @@ mod backends;
 #[cfg(feature = "dev-server")]
 mod demo;
 #[cfg(feature = "dev-server")]
-mod dev_server;
+pub(crate) mod dev_server;
 mod list;
 mod login;
 mod remove;
