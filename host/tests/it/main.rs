@@ -23,6 +23,7 @@ mod plugins_hostile_files;
 mod plugins_native;
 mod plugins_process;
 mod plugins_run;
+mod plugins_sdk;
 mod plugins_wasm;
 mod probe_golden;
 mod probe_info_command;
