@@ -18,6 +18,7 @@ pub mod config;
 pub mod manifest;
 pub mod native;
 pub mod process;
+pub mod scaffold;
 pub mod validate;
 pub mod wasm;
 
