@@ -20,6 +20,7 @@ mod outbox_flush;
 mod plugins_cli;
 mod plugins_events;
 mod plugins_hostile_files;
+mod plugins_kit;
 mod plugins_native;
 mod plugins_process;
 mod plugins_run;

@@ -148,7 +148,7 @@ pub const LINK_HINT: &str = "the host links only the world `backend` of the WIT 
     the WASI 0.2 worlds wasi:cli/imports (environment, exit, stdin/stdout/stderr, terminal-*), \
     wasi:io, wasi:clocks, wasi:random, wasi:filesystem and wasi:sockets at 0.2.x; not wasi:http \
     or any other package. The component must export `describe` and `execute`. componentize-js: \
-    build with `--disable http --disable fetch-event`; componentize-py: target `-w backend` with \
+    build with `--disable http fetch-event`; componentize-py: target `-w backend` with \
     `-d plugin-api/wit/v1` (see docs/plugins.md)";
 
 /// `text` on one line: line breaks and runs of spaces become one space.
