@@ -69,3 +69,12 @@ if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-
 else
     python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
+
+# componentize-py: host/tests/it/plugins_kit.rs builds the Python guide's WASM plugin with it
+# (docs/guides/python-wasm.md). Pinned.
+COMPONENTIZE_PY_VERSION=0.25.1
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("componentize-py"))' 2>/dev/null)" = "$COMPONENTIZE_PY_VERSION" ]; then
+    echo "componentize-py $COMPONENTIZE_PY_VERSION already installed"
+else
+    python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
