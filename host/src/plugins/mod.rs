@@ -709,3 +709,29 @@ pub fn register_all(
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_versioning_policy_loads_older_minors_and_refuses_newer_ones_and_other_majors() {
+        assert!(check_api_version("p", "1.0.0").is_ok());
+        assert!(check_api_version("p", "1.0.9").is_ok());
+        let newer = check_api_version("p", "1.7.0").unwrap_err();
+        assert!(matches!(newer, PluginError::NewerApi { .. }), "{newer}");
+        let text = newer.to_string();
+        assert!(
+            text.contains("1.7.0") && text.contains("agentserver:backend@1.0.0"),
+            "{text}"
+        );
+        let other = check_api_version("p", "2.0.0").unwrap_err();
+        assert!(
+            matches!(other, PluginError::IncompatibleApi { .. }),
+            "{other}"
+        );
+        assert!(other.to_string().contains("agentserver:backend@1.0.0"));
+        assert!(check_api_version("p", "0.9.0").is_err());
+        assert!(check_api_version("p", "garbage").is_err());
+    }
+}

@@ -226,6 +226,44 @@ async fn the_python_guide_builds_tests_and_serves_a_task_and_a_traceback_is_read
     one_task_through_the_mock("hello-py", &dir, &home).await;
 }
 
+/// componentize-js is installed into `.npm-clis` by `scripts/install-test-deps.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_guide_builds_tests_and_serves_a_task_and_a_thrown_error_is_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let npm_bin = workspace_root().join(".npm-clis/node_modules/.bin");
+    let path = format!("{}:{}", npm_bin.display(), path_with_agentserver());
+    let dir = scaffold_build_and_test(
+        "js",
+        "js-wasm",
+        "hello-js",
+        tmp.path(),
+        &home,
+        &[("PATH", path)],
+    );
+    let out = agentserver(
+        &home,
+        &dir,
+        &[
+            "plugins",
+            "run",
+            "hello-js",
+            "--plugin-dir",
+            ".",
+            "--prompt",
+            "crash",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("asked to crash") && stdout.contains("execute@plugin.js"),
+        "{}",
+        text(&out)
+    );
+    one_task_through_the_mock("hello-js", &dir, &home).await;
+}
+
 /// The real `dev-server` process: a task's events at `/_mock/tasks/{id}/events`, INFO lines of
 /// each event and the final status, and `POST /_mock/tasks/{id}/cancel` cancelling a task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
