@@ -724,3 +724,109 @@ async fn a_segfaulting_native_plugin_kills_the_host_and_the_restart_reports_the_
     sigterm(child.id());
     expect_exit(&mut child, Duration::from_secs(30), "after SIGTERM").await;
 }
+
+/// `emit_event` answers -1 for text that is not JSON and 1 for an event, in process and out of
+/// process; the plugin goes on after an invalid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_event_tells_invalid_json_from_an_accepted_event() {
+    use agentserver_plugin_api::{CancellationToken, TaskStatus};
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("codes.c");
+    std::fs::write(
+        &source,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "agentserver_plugin.h"
+static char *dup(const char *s) { char *o = malloc(strlen(s) + 1); strcpy(o, s); return o; }
+static char *describe(void) { return dup("{\"name\":\"codes\",\"version\":\"0.1.0\"}"); }
+static char *execute(const char *t, size_t n, const AgentserverHost *h) {
+    (void)t; (void)n;
+    int bad = h->emit_event(h->ctx, "{not json", 9);
+    int good = h->emit_event(h->ctx, "{\"type\":\"ok\"}", 13);
+    char out[128];
+    snprintf(out, sizeof out, "{\"status\":\"completed\",\"result\":\"%d %d\"}", bad, good);
+    return dup(out);
+}
+static void free_string(char *s) { free(s); }
+static const AgentserverPluginVTable V = {AGENTSERVER_PLUGIN_ABI_VERSION,
+    sizeof(AgentserverPluginVTable), AGENTSERVER_PLUGIN_API_VERSION, describe, execute, free_string};
+const AgentserverPluginVTable *agentserver_plugin_entry(void) { return &V; }
+"#,
+    )
+    .unwrap();
+    let lib = tmp.path().join("libcodes.so");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(workspace_root().join("plugin-api/include"))
+        .arg(&source)
+        .arg("-o")
+        .arg(&lib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let root = tmp.path().join("plugins");
+    for (name, extra) in [("codes-in", ""), ("codes-out", "isolation = \"process\"\n")] {
+        write_plugin(&root, name, "native", &lib, "1.0.0", extra);
+        let mut opts = crate::support::plugins::options(&tmp.path().join("state"), &root);
+        opts.allow_native = vec![name.into()];
+        opts.plugin_host = Some(PathBuf::from(BIN));
+        let backend = agentserver::plugins::load_backend(name, &opts).unwrap();
+        let (outcome, events) = crate::support::plugins::run(
+            &backend,
+            crate::support::plugins::task("x", tmp.path()),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(outcome.status, TaskStatus::Completed, "{name}: {outcome:?}");
+        assert_eq!(outcome.result.as_deref(), Some("-1 1"), "{name}");
+        assert_eq!(events, [serde_json::json!({"type": "ok"})], "{name}");
+    }
+}
+
+/// A permission the manifest asks for that the user did not grant is warned about at load,
+/// saying what to add.
+#[test]
+fn ungranted_permissions_are_warned_about_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let file = tmp.path().join("example.wasm");
+    std::fs::write(
+        &file,
+        agentserver::plugins::wasm::bundled::component_bytes().unwrap(),
+    )
+    .unwrap();
+    let root = tmp.path().join("plugins");
+    write_plugin(
+        &root,
+        "asks",
+        "wasm",
+        &file,
+        "1.0.0",
+        "[permissions]\nenv = [\"LANG\"]\nhttp = [\"api.example.com\"]\n",
+    );
+    let out = agentserver(
+        &home,
+        tmp.path(),
+        &[
+            "plugins",
+            "inspect",
+            "asks",
+            "--plugin-dir",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variables [\"LANG\"] that are not granted")
+            && stderr.contains("[plugins.grants.asks]"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("HTTP to [\"api.example.com\"] that is not granted"),
+        "{}",
+        text(&out)
+    );
+}
