@@ -69,3 +69,30 @@ if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-
 else
     python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
+
+# componentize-py: host/tests/it/plugins_kit.rs builds the Python guide's WASM plugin with it
+# (docs/guides/python-wasm.md). Pinned.
+COMPONENTIZE_PY_VERSION=0.25.1
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("componentize-py"))' 2>/dev/null)" = "$COMPONENTIZE_PY_VERSION" ]; then
+    echo "componentize-py $COMPONENTIZE_PY_VERSION already installed"
+else
+    python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+
+# componentize-js: host/tests/it/plugins_kit.rs builds the JavaScript guide's WASM plugin with it
+# (docs/guides/js-wasm.md). 0.23.0 does not declare its preview2-shim dependency, and with the
+# 0.26 shim that jco brings it cannot read the WIT folder (os error 44): 0.17.5 is the one it
+# works with. Pinned; it lands in .npm-clis/node_modules/.bin/componentize-js.
+COMPONENTIZE_JS_VERSION=0.23.0
+PREVIEW2_SHIM_VERSION=0.17.5
+if [ "$(installed_version @bytecodealliance/componentize-js)" = "$COMPONENTIZE_JS_VERSION" ] \
+    && [ "$(installed_version @bytecodealliance/preview2-shim)" = "$PREVIEW2_SHIM_VERSION" ] \
+    && [ -x "$NPM_CLIS_DIR/node_modules/.bin/componentize-js" ]; then
+    echo "componentize-js $COMPONENTIZE_JS_VERSION already in .npm-clis"
+else
+    command -v npm >/dev/null || { echo "npm is required to install componentize-js" >&2; exit 1; }
+    mkdir -p "$NPM_CLIS_DIR"
+    npm install --prefix "$NPM_CLIS_DIR" --no-audit --no-fund --loglevel=error \
+        "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" \
+        "@bytecodealliance/preview2-shim@$PREVIEW2_SHIM_VERSION"
+fi

@@ -201,6 +201,7 @@ async fn main() {
         name: "wasm-example".into(),
         version: "0.1.0".into(),
         permissions: Permissions::default(),
+        asked_http: Vec::new(),
         memory_cap_bytes: 16 << 20,
         timeout: Duration::from_secs(60),
         cancel_grace: Duration::from_secs(1),

@@ -173,6 +173,7 @@ pub enum Command {
     Plugins(PluginsArgs),
     /// Run a local mock agentserver (for plugin authors and tests).
     #[cfg(feature = "dev-server")]
+    #[command(after_help = crate::commands::dev_server::control_api("http://ADDR"))]
     DevServer(DevServerArgs),
     /// Run the whole flow on this machine with an embedded server: login, register, tunnel, a task.
     #[cfg(feature = "dev-server")]
@@ -428,10 +429,10 @@ impl Default for IntakeArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct PluginArgs {
     /// Extra directory to look for plugins in (besides ~/.agentserver/plugins).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub plugin_dir: Vec<PathBuf>,
     /// Allow loading this native (trusted code) plugin even if it is not in the config.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub allow_native: Vec<String>,
 }
 
@@ -670,11 +671,58 @@ pub enum PluginsAction {
         /// Plugin name.
         name: String,
     },
-    /// Install a plugin from a directory holding plugin.toml.
+    /// Install a plugin from a directory holding plugin.toml, after checking it loads here
+    /// (native: entry symbol, C ABI and API version, in a child process; WASM: API version,
+    /// compiled into the cache, linked against what the host provides, described).
     Install {
         /// Directory with plugin.toml and the library/component it names.
         path: PathBuf,
+        /// Replace an installed plugin of the same name.
+        #[arg(long)]
+        force: bool,
     },
+    /// Remove an installed plugin (its folder under ~/.agentserver/plugins).
+    Remove {
+        /// Plugin name.
+        name: String,
+    },
+    /// Run one task on a plugin with no server: print its events as they come, then its
+    /// outcome. Exit status: 0 completed, 1 failed, 2 cancelled, 3 the plugin did not load.
+    Run(PluginRunArgs),
+    /// Write a new plugin project that builds with the guide's commands (docs/plugins.md) and
+    /// has one test.
+    New {
+        /// Plugin name (letters, digits, - and _).
+        name: String,
+        /// Language: c or rust (native), python or js (WASM components).
+        #[arg(long, value_parser = ["c", "rust", "python", "js"])]
+        lang: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `plugins run` options.
+#[derive(Debug, Args, Clone)]
+pub struct PluginRunArgs {
+    /// Plugin name.
+    pub name: String,
+    /// The task's prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// The task's working directory (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Cancel the task after this many seconds (fractions allowed).
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub cancel_after: Option<Duration>,
+    /// The task's system context.
+    #[arg(long, default_value = "")]
+    pub system_context: String,
+    /// The task's turn limit (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub max_turns: u32,
 }
 
 /// `dev-server` options.

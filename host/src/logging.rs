@@ -45,7 +45,7 @@ pub fn notice(message: &str) {
 /// The filter for `-v` counts (0, 1, 2+) when `RUST_LOG` is not set.
 pub fn default_filter(verbose: u8) -> &'static str {
     match verbose {
-        0 => "warn,agentserver=info",
+        0 => "warn,agentserver=info,agentserver_mock::tasks=info",
         1 => "info,agentserver=debug,agentserver_mux=debug,agentserver_mock=debug",
         _ => "debug,agentserver=trace,agentserver_mux=trace,agentserver_mock=trace",
     }

@@ -70,6 +70,11 @@ extern "C" {
 /* Name of the one symbol a plugin exports. */
 #define AGENTSERVER_PLUGIN_ENTRY_SYMBOL "agentserver_plugin_entry"
 
+/* Return values of `AgentserverHost.emit_event`. */
+#define AGENTSERVER_EMIT_OK 1
+#define AGENTSERVER_EMIT_CLOSED 0
+#define AGENTSERVER_EMIT_INVALID (-1)
+
 /* Log levels for `AgentserverHost.log`. */
 #define AGENTSERVER_LOG_TRACE 0
 #define AGENTSERVER_LOG_DEBUG 1
@@ -83,8 +88,10 @@ typedef struct AgentserverHost {
     /* Opaque host state: pass it back as the first argument of every callback. */
     void *ctx;
     /* Emits one event: `json` points to `len` bytes of UTF-8 JSON (not necessarily
-     * NUL-terminated). Returns 1 if accepted, 0 if the text is not valid JSON or the host no
-     * longer listens (the task is over: return soon). */
+     * NUL-terminated). Returns AGENTSERVER_EMIT_OK (1) if accepted, AGENTSERVER_EMIT_CLOSED (0)
+     * once the host no longer listens (the task is over: return soon), AGENTSERVER_EMIT_INVALID
+     * (-1) if the text is not UTF-8 JSON (the event is dropped; the host still listens). Test
+     * for `== AGENTSERVER_EMIT_OK`, not for non-zero. */
     int32_t (*emit_event)(void *ctx, const char *json, size_t len);
     /* Writes `len` bytes of UTF-8 text to the host's log at `level` (AGENTSERVER_LOG_*). */
     void (*log)(void *ctx, int32_t level, const char *message, size_t len);

@@ -8,22 +8,18 @@
 //! Nothing in this crate knows about HTTP clients, WebSockets or the agentserver server.
 
 mod backend;
-pub mod ffi;
 mod http;
-pub mod native;
 mod task;
 pub mod wit;
+
+pub use agentserver_plugin_sdk::{export_native_plugin, ffi, native};
 
 pub use backend::{Backend, BackendError, BackendInfo, SessionType, TerminalIo, TerminalStream};
 pub use http::{HttpBody, HttpRequest, HttpResponse, InvalidPath, LocalPath, RequestBody};
 pub use task::{EventSink, FailureKind, Task, TaskEvent, TaskOutcome, TaskStatus, UsageLimit};
 pub use tokio_util::sync::CancellationToken;
 
-/// The semver version of this API. A plugin built against a different **major** version is
-/// refused by the host with an error naming both versions. Deliberately not the crate version:
-/// it changes only when the contract (C ABI JSON, WIT package) changes, and matches the WIT
-/// package `agentserver:backend@1.0.0` and `AGENTSERVER_PLUGIN_API_VERSION` in the C header.
-pub const API_VERSION: &str = "1.0.0";
-
-/// Major version of [`API_VERSION`], the part that decides compatibility.
-pub const API_MAJOR: u32 = 1;
+/// The plugin API version (the SDK's): see [`agentserver_plugin_sdk::API_VERSION`]. It matches
+/// the WIT package `agentserver:backend@1.0.0` and `AGENTSERVER_PLUGIN_API_VERSION` in the C
+/// header.
+pub use agentserver_plugin_sdk::{API_MAJOR, API_VERSION};

@@ -59,12 +59,22 @@ fn endpoint_list(url: &str, bridge: bool) -> String {
             "\x20 *    {url}/v1/agent/sessions/...      CCR v2 bridge\n"
         ));
     }
-    s.push_str(&format!(
-        "\nControl (no auth): GET {url}/_mock/sandboxes, GET {url}/_mock/tasks,\n\
-         \x20 POST {url}/_mock/tasks {{\"target_id\": \"<sandbox id>\", \"prompt\": \"...\"}}\n\
-         \nPress Ctrl-C to stop."
-    ));
+    s.push_str(&format!("\n{}\nPress Ctrl-C to stop.", control_api(url)));
     s
+}
+
+/// The `/_mock` control API (no auth), as `dev-server` prints it and `--help` shows it.
+pub fn control_api(url: &str) -> String {
+    format!(
+        "Control API (no auth; see docs/plugins.md):\n\
+         \x20 GET  {url}/_mock/sandboxes                 registered sandboxes\n\
+         \x20 GET  {url}/_mock/tasks                     every task and its status updates\n\
+         \x20 POST {url}/_mock/tasks                     create a task: {{\"target_id\": \"<sandbox id>\", \"prompt\": \"...\"}}\n\
+         \x20 GET  {url}/_mock/tasks/{{id}}                one task\n\
+         \x20 GET  {url}/_mock/tasks/{{id}}/events         the events the host posted for it, in order\n\
+         \x20 POST {url}/_mock/tasks/{{id}}/cancel         cancel it (an interrupt through its bridge session)\n\
+         Each event and status update is also logged at INFO (target agentserver_mock::tasks).\n"
+    )
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -4,7 +4,7 @@ mod backends;
 #[cfg(feature = "dev-server")]
 mod demo;
 #[cfg(feature = "dev-server")]
-mod dev_server;
+pub(crate) mod dev_server;
 mod list;
 mod login;
 mod remove;
@@ -71,7 +71,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Info(args)) => info::info(args).await,
-        Some(Command::Plugins(args)) => plugins::plugins(args),
+        Some(Command::Plugins(args)) => plugins::plugins(args).await,
         #[cfg(feature = "dev-server")]
         Some(Command::DevServer(args)) => dev_server::run(args).await,
         #[cfg(feature = "dev-server")]

@@ -18,6 +18,8 @@ pub mod config;
 pub mod manifest;
 pub mod native;
 pub mod process;
+pub mod scaffold;
+pub mod validate;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -70,7 +72,10 @@ pub enum PluginError {
     #[error(
         "plugin `{name}` was built against plugin API {plugin_version}, but this host \
          implements plugin API {host_version} (only {host_major}.x plugins can be loaded): \
-         rebuild the plugin against agentserver-plugin-api {host_major}.x"
+         rebuild the plugin against API {host_major}.x (WASM: the WIT package \
+         agentserver:backend@{host_version}; C: agentserver_plugin.h with \
+         AGENTSERVER_PLUGIN_API_VERSION \"{host_version}\"; Rust: agentserver-plugin-sdk \
+         {host_major}.x)"
     )]
     IncompatibleApi {
         /// Plugin name (or file, when the name is unknown).
@@ -81,6 +86,44 @@ pub enum PluginError {
         host_version: String,
         /// The host's [`API_MAJOR`].
         host_major: u32,
+    },
+    /// The plugin was built against a newer minor version of the plugin API than the host
+    /// implements: it may rely on what this host does not have (see the versioning policy in
+    /// `docs/plugins.md`).
+    #[error(
+        "plugin `{name}` was built against plugin API {plugin_version}, newer than this host's \
+         plugin API {host_version}: a minor version may add imports, callbacks and fields this \
+         host does not have, so it is refused; upgrade agentserver, or rebuild the plugin \
+         against API {host_version} (WASM: the WIT package agentserver:backend@{host_version}; \
+         C: AGENTSERVER_PLUGIN_API_VERSION \"{host_version}\"; Rust: agentserver-plugin-sdk \
+         {host_version})"
+    )]
+    NewerApi {
+        /// Plugin name (or file, when the name is unknown).
+        name: String,
+        /// The version the plugin declares.
+        plugin_version: String,
+        /// The host's [`API_VERSION`].
+        host_version: String,
+    },
+    /// `plugins install` found the plugin already installed and was not told to replace it.
+    #[error(
+        "plugin `{name}` is already installed in {dir}: pass `--force` to replace it, or \
+         `agentserver plugins remove {name}` first"
+    )]
+    AlreadyInstalled {
+        /// Plugin name.
+        name: String,
+        /// Its folder.
+        dir: PathBuf,
+    },
+    /// `plugins remove` found no installed plugin of that name.
+    #[error("no plugin named `{name}` is installed in {dir}")]
+    NotInstalled {
+        /// Plugin name.
+        name: String,
+        /// The folder of installed plugins.
+        dir: PathBuf,
     },
     /// A native plugin the user has not allowed.
     #[error(
@@ -353,17 +396,31 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
-/// Refuses a version whose major is not [`API_MAJOR`].
+/// The versioning policy (`docs/plugins.md`, "Versioning"): refuses a version whose major is
+/// not [`API_MAJOR`], and a version of the same major whose minor is newer than the host's (it
+/// may use what this host lacks). Older minors and any patch load.
 pub fn check_api_version(name: &str, version: &str) -> Result<(), PluginError> {
-    match agentserver_plugin_api::ffi::semver_major(version) {
-        Some(API_MAJOR) => Ok(()),
-        _ => Err(PluginError::IncompatibleApi {
+    use agentserver_plugin_api::ffi::{semver_major, semver_minor};
+    match semver_major(version) {
+        Some(API_MAJOR) => {}
+        _ => {
+            return Err(PluginError::IncompatibleApi {
+                name: name.to_owned(),
+                plugin_version: version.to_owned(),
+                host_version: API_VERSION.to_owned(),
+                host_major: API_MAJOR,
+            });
+        }
+    }
+    let host_minor = semver_minor(API_VERSION).unwrap_or(0);
+    if semver_minor(version).unwrap_or(0) > host_minor {
+        return Err(PluginError::NewerApi {
             name: name.to_owned(),
             plugin_version: version.to_owned(),
             host_version: API_VERSION.to_owned(),
-            host_major: API_MAJOR,
-        }),
+        });
     }
+    Ok(())
 }
 
 /// Whether the native plugin `name` is allowed by the options or the config.
@@ -464,11 +521,34 @@ pub const INSTALL_LOCK_FILE: &str = ".install.lock";
 /// succeed, the last one winning; the staging (`.install-*`) and replaced (`.old-*`) folders
 /// are removed on every path, and ones left by a killed install are removed by the next.
 pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugin, PluginError> {
-    use crate::fsutil::{LockFile, ensure_private_dir, write_private_atomic};
-    let source_dir = match std::fs::symlink_metadata(source) {
+    install_with(source, options, Replace::Yes)
+}
+
+/// Whether [`install_with`] may replace an installed plugin of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Replace it (`plugins install --force`; what [`install`] does).
+    Yes,
+    /// Refuse with [`PluginError::AlreadyInstalled`] (`plugins install` without `--force`).
+    No,
+}
+
+/// The folder holding `plugin.toml` for an install source (the folder, or the manifest file).
+pub fn source_dir(source: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(source) {
         Ok(m) if !m.is_dir() => source.parent().unwrap_or(Path::new(".")).to_owned(),
         _ => source.to_owned(),
-    };
+    }
+}
+
+/// [`install`], refusing to replace an installed plugin unless `replace` says so.
+pub fn install_with(
+    source: &Path,
+    options: &PluginOptions,
+    replace: Replace,
+) -> Result<DiscoveredPlugin, PluginError> {
+    use crate::fsutil::{LockFile, ensure_private_dir, write_private_atomic};
+    let source_dir = source_dir(source);
     let manifest_text = manifest::read_manifest_text(&source_dir)?;
     let manifest = Manifest::parse(&manifest_text, &source_dir.join(MANIFEST_FILE))?;
     check_api_version(&manifest.name, &manifest.api_version)?;
@@ -493,6 +573,12 @@ pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugi
     let staging = root.join(format!(".install-{suffix}"));
     let old = root.join(format!(".old-{suffix}"));
     let dest = root.join(&manifest.name);
+    if replace == Replace::No && std::fs::symlink_metadata(&dest).is_ok() {
+        return Err(PluginError::AlreadyInstalled {
+            name: manifest.name.clone(),
+            dir: dest,
+        });
+    }
     let result = (|| {
         ensure_private_dir(&staging).map_err(io(&staging))?;
         let staged_file = manifest.file_path(&staging);
@@ -517,6 +603,37 @@ pub fn install(source: &Path, options: &PluginOptions) -> Result<DiscoveredPlugi
         manifest,
         dir: dest,
     })
+}
+
+/// Removes the installed plugin `name` (its folder under `state_dir/plugins`), under the install
+/// lock. Plugins found through `--plugin-dir` are not touched. Returns the removed folder.
+pub fn remove(name: &str, options: &PluginOptions) -> Result<PathBuf, PluginError> {
+    use crate::fsutil::LockFile;
+    let root = options.installed_dir();
+    let io = |path: &Path, source| PluginError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if !manifest::valid_name(name) {
+        return Err(PluginError::NotInstalled {
+            name: name.to_owned(),
+            dir: root,
+        });
+    }
+    let dest = root.join(name);
+    if std::fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_err() {
+        return Err(PluginError::NotInstalled {
+            name: name.to_owned(),
+            dir: root,
+        });
+    }
+    let lock_path = root.join(INSTALL_LOCK_FILE);
+    let _lock = LockFile::acquire(&lock_path).map_err(|e| io(&lock_path, e))?;
+    // Renamed first, so a reader never sees half a plugin folder.
+    let doomed = root.join(format!(".old-{name}-{}", std::process::id()));
+    std::fs::rename(&dest, &doomed).map_err(|e| io(&dest, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| io(&doomed, e))?;
+    Ok(dest)
 }
 
 /// Removes `.install-<name>-*` and `.old-<name>-*` folders under `root` (call with the install
@@ -591,4 +708,30 @@ pub fn register_all(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_versioning_policy_loads_older_minors_and_refuses_newer_ones_and_other_majors() {
+        assert!(check_api_version("p", "1.0.0").is_ok());
+        assert!(check_api_version("p", "1.0.9").is_ok());
+        let newer = check_api_version("p", "1.7.0").unwrap_err();
+        assert!(matches!(newer, PluginError::NewerApi { .. }), "{newer}");
+        let text = newer.to_string();
+        assert!(
+            text.contains("1.7.0") && text.contains("agentserver:backend@1.0.0"),
+            "{text}"
+        );
+        let other = check_api_version("p", "2.0.0").unwrap_err();
+        assert!(
+            matches!(other, PluginError::IncompatibleApi { .. }),
+            "{other}"
+        );
+        assert!(other.to_string().contains("agentserver:backend@1.0.0"));
+        assert!(check_api_version("p", "0.9.0").is_err());
+        assert!(check_api_version("p", "garbage").is_err());
+    }
 }

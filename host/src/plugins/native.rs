@@ -353,11 +353,14 @@ unsafe extern "C" fn host_emit_event(ctx: *mut c_void, json: *const c_char, len:
         };
         let Ok(text) = std::str::from_utf8(bytes) else {
             tracing::warn!(plugin = %state.plugin, "plugin emitted an event that is not UTF-8");
-            return 0;
+            return agentserver_plugin_api::ffi::EMIT_INVALID;
         };
-        let Ok(event) = TaskEvent::from_json(text) else {
-            tracing::warn!(plugin = %state.plugin, "plugin emitted an event that is not JSON");
-            return 0;
+        let event = match TaskEvent::from_json(text) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(plugin = %state.plugin, error = %e, "plugin emitted an event that is not JSON");
+                return agentserver_plugin_api::ffi::EMIT_INVALID;
+            }
         };
         i32::from(state.events.emit_blocking(event))
     }));

@@ -174,6 +174,8 @@ impl ChildState {
     }
 }
 
+use agentserver_plugin_api::ffi::EMIT_INVALID;
+
 unsafe extern "C" fn child_emit_event(ctx: *mut c_void, json: *const c_char, len: usize) -> i32 {
     let result = catch_unwind(AssertUnwindSafe(|| {
         if ctx.is_null() || json.is_null() {
@@ -191,10 +193,10 @@ unsafe extern "C" fn child_emit_event(ctx: *mut c_void, json: *const c_char, len
             return 0;
         }
         let Ok(text) = std::str::from_utf8(bytes) else {
-            return 0;
+            return EMIT_INVALID;
         };
         if serde_json::from_str::<&serde_json::value::RawValue>(text).is_err() {
-            return 0;
+            return EMIT_INVALID;
         }
         let msg = FromChild::Event { json: text.into() };
         match state.send(&msg) {

@@ -223,7 +223,8 @@ fn concurrent_installs_of_one_plugin_all_succeed_and_clean_up() {
         let children: Vec<_> = (0..20)
             .map(|_| {
                 Command::new(env!("CARGO_BIN_EXE_agentserver"))
-                    .args(["plugins", "install", src.to_str().unwrap()])
+                    // `--force`: replacing an installed copy is what races here.
+                    .args(["plugins", "install", src.to_str().unwrap(), "--force"])
                     .env("AGENTSERVER_HOME", &home)
                     .env("AGENTSERVER_LOGIN_WITHOUT_TTY", "1")
                     .env("HOME", &home)

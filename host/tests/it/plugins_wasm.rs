@@ -172,6 +172,7 @@ fn settings(name: &str) -> ComponentSettings {
         name: name.into(),
         version: "0.1.0".into(),
         permissions: Permissions::default(),
+        asked_http: Vec::new(),
         memory_cap_bytes: 16 << 20,
         timeout: Duration::from_secs(20),
         cancel_grace: Duration::from_millis(300),

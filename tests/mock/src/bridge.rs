@@ -790,7 +790,8 @@ async fn events_post(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    update_session(&state, &id, |session| {
+    let mut logged = Vec::new();
+    let response = update_session(&state, &id, |session| {
         let received = events.len();
         let (code, stored, resp) = if epoch != session.epoch {
             (409, 0, http_error(StatusCode::CONFLICT, "epoch mismatch"))
@@ -808,8 +809,10 @@ async fn events_post(
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 let payload = ev.get("payload").cloned().unwrap_or(Value::Null);
+                let text = payload.to_string();
                 if session.store(payload, "worker", ephemeral).is_some() {
                     stored += 1;
+                    logged.push(text);
                 }
             }
             (200, stored, empty_ok())
@@ -822,7 +825,23 @@ async fn events_post(
         });
         resp
     })
-    .unwrap_or_else(|resp| resp)
+    .unwrap_or_else(|resp| resp);
+    if !logged.is_empty() {
+        let task = state
+            .tasks()
+            .into_iter()
+            .find(|t| t.session_id.as_deref() == Some(id.as_str()))
+            .map_or_else(|| id.clone(), |t| t.id);
+        for event in logged {
+            tracing::info!(
+                target: crate::TASK_LOG_TARGET,
+                %task,
+                "event {}",
+                crate::log_excerpt(&event)
+            );
+        }
+    }
+    response
 }
 
 /// `GET …/worker/events/stream`: replay after `from_sequence_num` / `Last-Event-ID`, then live,

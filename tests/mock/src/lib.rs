@@ -24,6 +24,22 @@ pub mod state;
 pub mod tasks;
 pub mod tunnel;
 
+/// The `tracing` target of the mock's INFO lines about tasks (each event a host posts for a
+/// task, each status update, each cancel request): `agentserver dev-server` shows them by
+/// default so plugin authors see what their plugin did.
+pub const TASK_LOG_TARGET: &str = "agentserver_mock::tasks";
+
+/// Most characters of one event or result quoted in a task log line.
+pub const TASK_LOG_MAX_CHARS: usize = 2000;
+
+/// `text` cut to [`TASK_LOG_MAX_CHARS`] characters, with a note of how much was cut.
+pub fn log_excerpt(text: &str) -> String {
+    match text.char_indices().nth(TASK_LOG_MAX_CHARS) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),
+    }
+}
+
 pub use config::{DeviceOutcome, MockConfig};
 pub use record::RecordedRequest;
 pub use server::{MockServer, TokenKind, http_error};

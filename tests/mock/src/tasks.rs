@@ -365,6 +365,19 @@ pub(crate) async fn update_status(
         return http_error(StatusCode::BAD_REQUEST, "invalid status");
     }
     let now = Utc::now();
+    tracing::info!(
+        target: crate::TASK_LOG_TARGET,
+        task = %id,
+        status = %req.status,
+        failure_reason = req.failure_reason.as_deref().unwrap_or(""),
+        num_turns = req.num_turns,
+        "status {}{}",
+        req.status,
+        req.result
+            .as_ref()
+            .map(|r| format!(" result {}", crate::log_excerpt(&r.to_string())))
+            .unwrap_or_default()
+    );
     {
         let mut inner = state.inner();
         if let Some(t) = inner.tasks.iter_mut().find(|t| t.id == id) {

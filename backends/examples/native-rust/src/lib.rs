@@ -1,5 +1,5 @@
 //! An example native agentserver backend plugin, written in Rust through
-//! [`agentserver_plugin_api::export_native_plugin!`]. Copy this crate to start your own.
+//! [`agentserver_plugin_sdk::export_native_plugin!`]. Copy this crate to start your own.
 //!
 //! Build it with `cargo build -p agentserver-example-native-rust --release`; the plugin is
 //! `target/release/libagentserver_example_native_rust.so` (`.dylib` on macOS). Install it with
@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use agentserver_plugin_api::ffi::PluginDescription;
-use agentserver_plugin_api::native::{LogLevel, NativeContext, NativePlugin};
-use agentserver_plugin_api::{FailureKind, Task, TaskOutcome};
+use agentserver_plugin_sdk::ffi::PluginDescription;
+use agentserver_plugin_sdk::native::{LogLevel, NativeContext, NativePlugin};
+use agentserver_plugin_sdk::{FailureKind, Task, TaskOutcome};
 use serde_json::json;
 
 /// The example plugin. Stateless: every task is independent.
@@ -68,4 +68,4 @@ impl NativePlugin for EchoPlugin {
     }
 }
 
-agentserver_plugin_api::export_native_plugin!(EchoPlugin);
+agentserver_plugin_sdk::export_native_plugin!(EchoPlugin);

@@ -20,6 +20,7 @@ use super::bindings::{self, agentserver::backend::types as wit_types};
 use super::cache::compile;
 use super::engine::{engine, tick_while_running};
 use super::grants::HttpGrant;
+use super::guest_output::GuestOutput;
 use super::host_state::{HostState, HttpAccess};
 use super::limits::{CapLimiter, StopReason, StopSignal, stop_reason};
 use super::version::component_api_version;
@@ -34,6 +35,7 @@ struct WasmPlugin {
     version: String,
     pre: bindings::BackendPre<HostState>,
     permissions: Permissions,
+    asked_http: Vec<String>,
     memory_cap: usize,
     timeout: Duration,
     grace: Duration,
@@ -50,6 +52,9 @@ pub struct ComponentSettings {
     pub version: String,
     /// What the plugin may use (already intersected with the user's grant).
     pub permissions: Permissions,
+    /// The HTTP hosts its manifest asks for (to say, when a fetch is refused, whether the
+    /// manifest or the user's grant lacks the host).
+    pub asked_http: Vec<String>,
     /// Memory cap per task, bytes.
     pub memory_cap_bytes: u64,
     /// Per-task deadline.
@@ -100,7 +105,7 @@ pub fn load_component(
     let (component, from_cache) = compile(bytes, path, settings.cache_dir.as_deref())?;
     let link_error = |e: wasmtime::Error| PluginError::WasmCompile {
         path: path.to_owned(),
-        reason: format!("cannot link: {e:#}"),
+        reason: format!("cannot link: {}; {LINK_HINT}", one_line(&format!("{e:#}"))),
     };
     let engine = engine()?;
     let mut linker: Linker<HostState> = Linker::new(engine);
@@ -116,6 +121,7 @@ pub fn load_component(
             version: settings.version.clone(),
             pre,
             permissions: settings.permissions.clone(),
+            asked_http: settings.asked_http.clone(),
             memory_cap: usize::try_from(settings.memory_cap_bytes).unwrap_or(usize::MAX),
             timeout: settings.timeout,
             grace: settings.cancel_grace,
@@ -136,6 +142,55 @@ pub fn load_component(
     })
 }
 
+/// What every link error adds: what the host provides and how to build for it.
+pub const LINK_HINT: &str = "the host links only the world `backend` of the WIT package \
+    agentserver:backend@1.0.0 (plugin-api/wit/v1): its imports `host`, `http` and `types`, plus \
+    the WASI 0.2 worlds wasi:cli/imports (environment, exit, stdin/stdout/stderr, terminal-*), \
+    wasi:io, wasi:clocks, wasi:random, wasi:filesystem and wasi:sockets at 0.2.x; not wasi:http \
+    or any other package. The component must export `describe` and `execute`. componentize-js: \
+    build with `--disable http fetch-event`; componentize-py: target `-w backend` with \
+    `-d plugin-api/wit/v1` (see docs/plugins.md)";
+
+/// `text` on one line: line breaks and runs of spaces become one space.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Warns, once per load, about each permission the manifest asks for that the user's grant
+/// leaves out, saying what to add to the config.
+fn warn_ungranted(name: &str, asked: &Permissions, got: &Permissions, config: &Path) {
+    if asked.workdir && !got.workdir {
+        tracing::warn!(
+            plugin = name,
+            "plugin asks for the task workdir but `workdir = false` in [plugins.grants.{name}] \
+             of {}: it gets no files; remove that line to grant it",
+            config.display()
+        );
+    }
+    let env: Vec<&String> = asked.env.iter().filter(|v| !got.env.contains(v)).collect();
+    if !env.is_empty() {
+        tracing::warn!(
+            plugin = name,
+            "plugin asks for environment variables {env:?} that are not granted: it will not \
+             see them; add `env = {env:?}` under [plugins.grants.{name}] in {}",
+            config.display()
+        );
+    }
+    let http: Vec<&String> = asked
+        .http
+        .iter()
+        .filter(|h| !got.http.contains(h))
+        .collect();
+    if !http.is_empty() {
+        tracing::warn!(
+            plugin = name,
+            "plugin asks for HTTP to {http:?} that is not granted: fetches there will be \
+             refused; add `http = {http:?}` under [plugins.grants.{name}] in {}",
+            config.display()
+        );
+    }
+}
+
 /// Loads a discovered WASM plugin with the user's grant.
 pub fn load(
     plugin: &DiscoveredPlugin,
@@ -145,10 +200,17 @@ pub fn load(
     let manifest = &plugin.manifest;
     let path = plugin.file();
     let permissions = grant.effective(&manifest.permissions);
+    warn_ungranted(
+        &manifest.name,
+        &manifest.permissions,
+        &permissions,
+        &options.config_file(),
+    );
     let settings = ComponentSettings {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         permissions: permissions.clone(),
+        asked_http: manifest.permissions.http.clone(),
         memory_cap_bytes: options.memory_limit_bytes.unwrap_or(
             manifest
                 .limits
@@ -186,7 +248,14 @@ pub fn load(
 struct RunFailure {
     stop: Option<StopReason>,
     memory_cap_hit: bool,
+    /// The trap or error on one line, without the wasm backtrace.
     error: String,
+}
+
+/// A wasmtime error on one line: its root cause (the trap: "wasm trap: wasm `unreachable`
+/// instruction executed"), not the multi-line wasm backtrace wrapped around it.
+fn summarize(error: &wasmtime::Error) -> String {
+    one_line(&error.root_cause().to_string())
 }
 
 impl WasmBackend {
@@ -215,7 +284,11 @@ impl WasmBackend {
             signal: Arc::clone(&signal),
             deadline,
             http: Arc::new(HttpAccess {
-                grant: HttpGrant::new(plugin.permissions.http.clone()),
+                grant: HttpGrant::for_plugin(
+                    plugin.permissions.http.clone(),
+                    plugin.asked_http.clone(),
+                    &plugin.name,
+                ),
                 client: Arc::clone(&plugin.http_client),
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
@@ -239,10 +312,11 @@ impl WasmBackend {
     }
 
     fn failure(store: &Store<HostState>, error: wasmtime::Error) -> RunFailure {
+        tracing::debug!(plugin = %store.data().plugin, error = format!("{error:#}"), "WASM plugin trapped");
         RunFailure {
             stop: store.data().stop,
             memory_cap_hit: store.data().limits.hit,
-            error: format!("{error:#}"),
+            error: summarize(&error),
         }
     }
 
@@ -250,20 +324,16 @@ impl WasmBackend {
     fn describe(&self) -> Result<PluginDescription, String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let _ticking = tick_while_running(self.inner.engine);
-        let mut store = self.new_store(
-            None,
-            Arc::default(),
-            deadline,
-            WasiCtxBuilder::new().build(),
-        );
-        let instance = self
-            .inner
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("{e:#}"))?;
-        let info = instance
-            .call_describe(&mut store)
-            .map_err(|e| format!("{e:#}"))?;
+        let output = GuestOutput::new(Arc::clone(&self.inner.name));
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(output.stdout()).stderr(output.stderr());
+        let mut store = self.new_store(None, Arc::default(), deadline, wasi.build());
+        let explain = |e: wasmtime::Error| match output.tail() {
+            Some((stream, tail)) => format!("{}; its last {stream} lines: {tail}", summarize(&e)),
+            None => summarize(&e),
+        };
+        let instance = self.inner.pre.instantiate(&mut store).map_err(explain)?;
+        let info = instance.call_describe(&mut store).map_err(explain)?;
         Ok(PluginDescription {
             name: info.name,
             version: info.version,
@@ -295,9 +365,12 @@ impl WasmBackend {
         let started = Instant::now();
         let deadline = started + plugin.timeout;
         let mut wasi = WasiCtxBuilder::new();
+        let output = GuestOutput::new(Arc::clone(&plugin.name));
         wasi.allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .stdout(output.stdout())
+            .stderr(output.stderr());
         let mut guest_workdir = String::new();
         if plugin.permissions.workdir && !task.workdir.is_empty() {
             if let Err(e) = wasi.preopened_dir(
@@ -335,12 +408,21 @@ impl WasmBackend {
                 .map_err(|e| Self::failure(&store, e)),
             Err(e) => Err(Self::failure(&store, e)),
         };
+        output.finish();
         match result {
             // A guest that returned on its own, but after its deadline (it was blocked in a
             // host call, or returned before the next epoch check): the deadline still wins.
             Ok(_) if Instant::now() >= deadline => self.past_deadline(started),
             Ok(outcome) => crate::plugins::native::normalise(convert_outcome(outcome)),
-            Err(failure) => self.explain(failure, started),
+            Err(failure) => {
+                let mut outcome = self.explain(failure, started);
+                if let (Some(reason), Some((stream, tail))) =
+                    (outcome.failure_reason.as_mut(), output.tail())
+                {
+                    reason.push_str(&format!("; its last {stream} lines: {tail}"));
+                }
+                outcome
+            }
         }
     }
 

@@ -40,6 +40,7 @@ pub fn load(options: &PluginOptions) -> Result<LoadedComponent, PluginError> {
         name: manifest.name,
         version: manifest.version,
         permissions: Permissions::default(),
+        asked_http: Vec::new(),
         memory_cap_bytes: options
             .memory_limit_bytes
             .unwrap_or(manifest.limits.memory_mb.unwrap_or(DEFAULT_MEMORY_MB) << 20),

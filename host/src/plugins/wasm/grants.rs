@@ -6,12 +6,30 @@
 #[derive(Clone, Debug, Default)]
 pub(super) struct HttpGrant {
     hosts: Vec<String>,
+    /// What the manifest asked for, and the plugin's name: to say what is missing.
+    asked: Vec<String>,
+    plugin: String,
 }
 
 impl HttpGrant {
     /// A grant of exactly `hosts` (`*` stands for every host).
+    #[cfg(test)]
     pub(super) fn new(hosts: Vec<String>) -> Self {
-        Self { hosts }
+        Self {
+            hosts,
+            asked: Vec::new(),
+            plugin: String::new(),
+        }
+    }
+
+    /// A grant of `hosts` to `plugin`, whose manifest asked for `asked`: refusals say whether
+    /// the manifest or the user's grant lacks the host.
+    pub(super) fn for_plugin(hosts: Vec<String>, asked: Vec<String>, plugin: &str) -> Self {
+        Self {
+            hosts,
+            asked,
+            plugin: plugin.to_owned(),
+        }
     }
 
     /// True when `host` may be reached: granted by name (case-insensitively) or by `*`.
@@ -30,9 +48,30 @@ impl HttpGrant {
         }
         let host = url.host_str().unwrap_or_default();
         if !self.permits_host(host) {
-            return Err(format!(
-                "not permitted: `{host}` is not among the HTTP hosts this plugin was granted"
-            ));
+            let name = if self.plugin.is_empty() {
+                "NAME"
+            } else {
+                &self.plugin
+            };
+            let in_manifest = self
+                .asked
+                .iter()
+                .any(|h| h == "*" || h.eq_ignore_ascii_case(host));
+            return Err(if in_manifest {
+                format!(
+                    "not permitted: `{host}` is not among the HTTP hosts this plugin was \
+                     granted; the manifest asks for it but the user's grant lacks it: add \
+                     `http = [\"{host}\"]` under [plugins.grants.{name}] in \
+                     ~/.agentserver/config.toml"
+                )
+            } else {
+                format!(
+                    "not permitted: `{host}` is not among the HTTP hosts this plugin was \
+                     granted; its manifest does not ask for it: add `\"{host}\"` to `http` \
+                     under [permissions] in plugin.toml, then grant it under \
+                     [plugins.grants.{name}] in ~/.agentserver/config.toml"
+                )
+            });
         }
         Ok(url)
     }
@@ -41,6 +80,23 @@ impl HttpGrant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_whether_the_manifest_or_the_grant_lacks_the_host() {
+        let grant = HttpGrant::for_plugin(
+            vec!["a.example".into()],
+            vec!["a.example".into(), "b.example".into()],
+            "p",
+        );
+        let err = grant.check("https://b.example/").unwrap_err();
+        assert!(
+            err.contains("the manifest asks for it but the user's grant lacks it"),
+            "{err}"
+        );
+        assert!(err.contains("[plugins.grants.p]"), "{err}");
+        let err = grant.check("https://c.example/").unwrap_err();
+        assert!(err.contains("its manifest does not ask for it"), "{err}");
+    }
 
     #[test]
     fn only_granted_hosts_pass_whatever_their_case() {

@@ -17,7 +17,8 @@
 //!
 //! Modules: `engine` (the engine and the epoch ticker), `version` (the API version read from
 //! the bytes), `cache` (compiled components on disk), `limits` (deadline, cancellation grace,
-//! memory cap), `grants` (what a guest may reach, a small tested type), `host_state` (the WIT
+//! memory cap), `grants` (what a guest may reach, a small tested type), `guest_output` (the
+//! guest's stdout and stderr: to the log, bounded, their tail into failure reasons), `host_state` (the WIT
 //! imports' host side), `backend` (load, and the `Backend` adapter).
 
 mod backend;
@@ -26,6 +27,7 @@ mod cache;
 pub mod componentize;
 mod engine;
 mod grants;
+mod guest_output;
 mod host_state;
 mod limits;
 mod version;
@@ -42,7 +44,9 @@ mod bindings {
 /// Where the WASI preopen of the task workdir appears inside the guest.
 pub const GUEST_WORKDIR: &str = "/workdir";
 
-pub use backend::{ComponentSettings, LoadedComponent, WasmBackend, load, load_component};
+pub use backend::{
+    ComponentSettings, LINK_HINT, LoadedComponent, WasmBackend, load, load_component, one_line,
+};
 pub use cache::{cache_key, compile};
 pub use engine::{EPOCH_TICK, engine};
 pub use version::component_api_version;

@@ -27,8 +27,8 @@ pub fn component_api_version(bytes: &[u8], path: &Path) -> Result<String, Plugin
         }
     };
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload =
-            payload.map_err(|e| invalid(format!("not a valid WebAssembly binary: {e}")))?;
+        let payload = payload
+            .map_err(|e| invalid(format!("not a valid WebAssembly binary: {}", brief(&e))))?;
         match payload {
             Payload::Version { encoding, .. } if !checked_header => {
                 checked_header = true;
@@ -76,6 +76,18 @@ pub fn component_api_version(bytes: &[u8], path: &Path) -> Result<String, Plugin
         .into_iter()
         .find(|v| agentserver_plugin_api::ffi::semver_major(v) != first_major)
         .unwrap_or(first))
+}
+
+/// A parser error on one line and short: wasmparser's message for a bad header carries a
+/// multi-line dump of the bytes it expected.
+fn brief(error: &wasmparser::BinaryReaderError) -> String {
+    let message = error.message();
+    let message = message.split(" - expected").next().unwrap_or(message);
+    let text = super::backend::one_line(&format!("{message} (at offset {:#x})", error.offset()));
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 #[cfg(test)]

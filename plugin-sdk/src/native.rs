@@ -2,9 +2,9 @@
 //! [`export_native_plugin!`](crate::export_native_plugin).
 //!
 //! ```
-//! use agentserver_plugin_api::native::{NativeContext, NativePlugin};
-//! use agentserver_plugin_api::ffi::PluginDescription;
-//! use agentserver_plugin_api::{Task, TaskOutcome};
+//! use agentserver_plugin_sdk::native::{NativeContext, NativePlugin};
+//! use agentserver_plugin_sdk::ffi::PluginDescription;
+//! use agentserver_plugin_sdk::{Task, TaskOutcome};
 //!
 //! #[derive(Default)]
 //! struct Echo;
@@ -19,7 +19,7 @@
 //!     }
 //! }
 //!
-//! agentserver_plugin_api::export_native_plugin!(Echo);
+//! agentserver_plugin_sdk::export_native_plugin!(Echo);
 //! ```
 //!
 //! The crate must be built as a `cdylib`. The macro exports `agentserver_plugin_entry` with a
@@ -42,6 +42,26 @@ pub trait NativePlugin: Send + Sync + 'static {
     /// Runs one task to its end. Poll [`NativeContext::is_cancelled`] in long loops.
     fn execute(&self, task: Task, ctx: &NativeContext<'_>) -> TaskOutcome;
 }
+
+/// Why the host did not accept an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmitError {
+    /// The text is not UTF-8 JSON: the event was dropped, the host still listens.
+    InvalidJson,
+    /// The host no longer listens (the task is over): return from `execute`.
+    Closed,
+}
+
+impl std::fmt::Display for EmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::InvalidJson => "the event is not valid JSON",
+            Self::Closed => "the host no longer listens to this task's events",
+        })
+    }
+}
+
+impl std::error::Error for EmitError {}
 
 /// Log levels for [`NativeContext::log`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,11 +125,24 @@ impl<'a> NativeContext<'a> {
     }
 
     /// Emits one event given as JSON text. Returns `false` if it is not valid JSON or the host
-    /// no longer listens.
+    /// no longer listens; [`NativeContext::try_emit_json`] tells the two apart.
     pub fn emit_json(&self, json: &str) -> bool {
+        self.try_emit_json(json).is_ok()
+    }
+
+    /// Emits one event given as JSON text, saying why it was not accepted:
+    /// [`EmitError::InvalidJson`] (dropped; keep going) or [`EmitError::Closed`] (the host no
+    /// longer listens: return).
+    pub fn try_emit_json(&self, json: &str) -> Result<(), EmitError> {
         // SAFETY: the callback and ctx come from the host for the duration of this call; the
         // text is borrowed for the call only, as the ABI says.
-        unsafe { (self.host.emit_event)(self.host.ctx, json.as_ptr().cast(), json.len()) == 1 }
+        let code =
+            unsafe { (self.host.emit_event)(self.host.ctx, json.as_ptr().cast(), json.len()) };
+        match code {
+            crate::ffi::EMIT_OK => Ok(()),
+            crate::ffi::EMIT_INVALID => Err(EmitError::InvalidJson),
+            _ => Err(EmitError::Closed),
+        }
     }
 
     /// Writes a line to the host's log.

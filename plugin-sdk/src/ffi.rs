@@ -13,6 +13,13 @@ pub const ABI_VERSION: u32 = 1;
 /// Name of the one symbol a native plugin exports (without a trailing NUL).
 pub const ENTRY_SYMBOL: &str = "agentserver_plugin_entry";
 
+/// `emit_event` accepted the event.
+pub const EMIT_OK: i32 = 1;
+/// `emit_event`: the host no longer listens (the task is over): return soon.
+pub const EMIT_CLOSED: i32 = 0;
+/// `emit_event`: the text is not UTF-8 JSON; it was dropped, the host still listens.
+pub const EMIT_INVALID: i32 = -1;
+
 /// Log level `trace` for [`AgentserverHost::log`].
 pub const LOG_TRACE: i32 = 0;
 /// Log level `debug`.
@@ -31,7 +38,9 @@ pub const LOG_ERROR: i32 = 4;
 pub struct AgentserverHost {
     /// Opaque host state, passed back as the first argument of every callback.
     pub ctx: *mut c_void,
-    /// Emits one event (`len` bytes of UTF-8 JSON). Returns 1 if accepted, 0 otherwise.
+    /// Emits one event (`len` bytes of UTF-8 JSON). Returns [`EMIT_OK`] (1) if accepted,
+    /// [`EMIT_CLOSED`] (0) once the host no longer listens, [`EMIT_INVALID`] (-1) for text that
+    /// is not UTF-8 JSON.
     pub emit_event: unsafe extern "C" fn(ctx: *mut c_void, json: *const c_char, len: usize) -> i32,
     /// Writes `len` bytes of UTF-8 text to the host's log at `level` (`LOG_*`).
     pub log: unsafe extern "C" fn(ctx: *mut c_void, level: i32, message: *const c_char, len: usize),
@@ -90,9 +99,28 @@ pub fn semver_major(version: &str) -> Option<u32> {
     major.parse().ok()
 }
 
+/// The minor part of a semver string (`"1.2.3"` → `Some(2)`, `"1"` → `Some(0)`), `None` if it
+/// does not parse.
+pub fn semver_minor(version: &str) -> Option<u32> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    match core.split('.').nth(1) {
+        None => Some(0),
+        Some(minor) => minor.parse().ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn semver_minor_parses() {
+        assert_eq!(semver_minor("1.7.0"), Some(7));
+        assert_eq!(semver_minor("v1.12.3-rc1"), Some(12));
+        assert_eq!(semver_minor("1"), Some(0));
+        assert_eq!(semver_minor("1.x"), None);
+    }
 
     #[test]
     fn semver_major_parses() {
