@@ -4,7 +4,8 @@
 //! right backend, both tunnels hold, each status is reported once; a usage limit with a reset
 //! time (the fake LLM's 429, which `claude` logged in with an OAuth token turns into a
 //! `rate_limit_event`) pauses only the claudecode sandbox until the reset while the opencode
-//! one keeps taking tasks; a restart with the same config resumes the same two sandboxes.
+//! one keeps taking tasks; a restart with the same config resumes the same two sandboxes; a
+//! sandbox whose backend cannot start is reported by name and retried while the other works.
 
 use crate::support::run as support_run;
 
@@ -286,5 +287,81 @@ opencode_bin = "{}"
     assert_eq!(record.status, "completed", "{record:?}");
     assert_eq!(mock.sandboxes().len(), 2, "{:?}", mock.sandboxes());
     assert!(host.logs().contains("Resumed sandbox"), "{}", host.logs());
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_whose_backend_cannot_start_is_retried_while_the_other_works() {
+    let claude = real_claude();
+    let llm = FakeLlm::start().await.expect("fake LLM");
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let (state, home, tmp) = (root.join("state"), root.join("home"), root.join("tmp"));
+    for d in [&home, &tmp, &root.join("web"), &root.join("agent")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let env: Vec<(&'static str, String)> = vec![
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME", home.display().to_string()),
+        ("TMPDIR", tmp.display().to_string()),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
+        ("IS_SANDBOX", "1".to_owned()),
+    ];
+    let missing_agent = root.join("no-such-agent");
+    let config = root.join("agentserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sandbox]]\nname = \"web\"\nwork_dir = \"web\"\nclaude_bin = \"{}\"\n\n\
+             [[sandbox]]\nname = \"broken\"\nbackend = \"acp\"\nwork_dir = \"agent\"\nacp_command = \"{}\"\n",
+            claude.display(),
+            missing_agent.display()
+        ),
+    )
+    .unwrap();
+    let host = Host::start(&config, &server.url(), &env, &state);
+    assert!(
+        mock.wait_until(LIMIT, |s| s.sandboxes().len() == 2).await,
+        "two sandboxes registered\n{}",
+        host.logs()
+    );
+    let web = mock
+        .sandboxes()
+        .into_iter()
+        .find(|s| s.name == "web")
+        .expect("the web sandbox");
+    let task = mock.create_task(&web.id, "Say hello");
+    let record = mock
+        .wait_task_final(&task, LIMIT)
+        .await
+        .unwrap_or_else(|| panic!("no final status\n{}", host.logs()));
+    assert_eq!(record.status, "completed", "{record:?}");
+    // The broken sandbox is reported, by name, and tried again (the first retry comes after
+    // 5 s and some jitter).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = host.logs();
+        let reports = logs
+            .lines()
+            .filter(|l| {
+                l.contains("sandbox{name=broken}")
+                    && l.contains("the sandbox's backend cannot start")
+            })
+            .count();
+        if reports >= 2 {
+            assert!(logs.contains("attempt=2"), "{logs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry was reported\n{logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     host.stop().await;
 }
