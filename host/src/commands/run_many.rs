@@ -51,6 +51,11 @@ pub fn requested(args: &RunArgs, cwd: &Path) -> Result<Option<HostConfig>> {
         return Ok(None);
     }
     anyhow::ensure!(
+        args.backend.is_none(),
+        "--backend names the backend of one sandbox; with --config or --sandbox each sandbox \
+         names its own (`backend = …` in its table, `backend=…` in its spec)"
+    );
+    anyhow::ensure!(
         args.session.resume.is_none() && !args.session.continue_,
         "--resume and --continue name one session; the sandboxes of a config file or of \
          --sandbox are resumed by their names on every start"
@@ -170,6 +175,9 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         None => None,
     };
     if let Some(server) = &metrics_server {
+        if !server.local_addr().ip().is_loopback() {
+            tracing::warn!(addr = %server.local_addr(), "metrics and health are served beyond this machine");
+        }
         notice(&format!(
             "Metrics on http://{0}/metrics, health on http://{0}/healthz",
             server.local_addr()
@@ -238,10 +246,9 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         tracing::warn!(%err, "cannot open the status socket; `agentserver status` will not see this host");
     }
     let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
-    let unused = args.ops.exit_if_unused.map(|_| {
+    if args.ops.exit_if_unused.is_some() {
         tracing::warn!("--exit-if-unused applies to one sandbox; it is ignored with several");
-    });
-    let _ = unused;
+    }
     notice(&format!(
         "Serving {} sandbox(es), at most {} task(s) at once in all (Ctrl-C to stop)",
         guards.len(),

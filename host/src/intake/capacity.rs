@@ -16,7 +16,10 @@ pub struct HostCapacity {
 
 /// One task's place in the host's capacity (`None` inside when the host has no limit).
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct Slot {
+    /// Given back to the host's capacity when the slot is dropped.
+    _permit: Option<OwnedSemaphorePermit>,
+}
 
 impl HostCapacity {
     /// No host-wide limit.
@@ -34,23 +37,25 @@ impl HostCapacity {
     /// A slot now, if one is free.
     pub fn try_take(&self) -> Option<Slot> {
         match &self.limit {
-            None => Some(Slot(None)),
+            None => Some(Slot { _permit: None }),
             Some(limit) => limit
                 .clone()
                 .try_acquire_owned()
                 .ok()
-                .map(|p| Slot(Some(p))),
+                .map(|p| Slot { _permit: Some(p) }),
         }
     }
 
     /// Waits for a free slot.
     pub async fn take(&self) -> Slot {
         match &self.limit {
-            None => Slot(None),
+            None => Slot { _permit: None },
             Some(limit) => match limit.clone().acquire_owned().await {
-                Ok(permit) => Slot(Some(permit)),
+                Ok(permit) => Slot {
+                    _permit: Some(permit),
+                },
                 // The semaphore is never closed; should it be, no limit is left to keep.
-                Err(_) => Slot(None),
+                Err(_) => Slot { _permit: None },
             },
         }
     }
