@@ -469,6 +469,10 @@ impl Intake {
             }
             // A usage limit: no task starts and none is taken until it resets.
             let paused_until = shared.usage.current().map(|p| p.until_instant);
+            if paused_until.is_some() {
+                // Other sandboxes may use the slot meanwhile.
+                slot = None;
+            }
             while paused_until.is_none() && running.len() < max && !queue.is_empty() {
                 let Some(taken) = slot.take().or_else(|| shared.capacity.try_take()) else {
                     break;
