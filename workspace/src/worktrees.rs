@@ -260,6 +260,19 @@ impl Worktrees {
     /// its index. Errors: [`WorkspaceError::GitNotInstalled`], [`WorkspaceError::NotAGitRepo`],
     /// [`WorkspaceError::BaseDirInsideRepo`], [`WorkspaceError::RepoInsideBaseDir`].
     pub fn open(config: WorktreeConfig) -> Result<Worktrees, WorkspaceError> {
+        let (repo, base_dir) = Self::resolve(&config)?;
+        Self::open_resolved(&config, repo, base_dir)
+    }
+
+    /// The checks of [`Worktrees::open`] without creating or reading anything: whether `open`
+    /// would accept this repository and base directory (so a caller can refuse before it
+    /// commits to anything, such as registering a sandbox).
+    pub fn check(config: &WorktreeConfig) -> Result<(), WorkspaceError> {
+        Self::resolve(config).map(|_| ())
+    }
+
+    /// The repository's top level and the absolute base directory, checked.
+    fn resolve(config: &WorktreeConfig) -> Result<(PathBuf, PathBuf), WorkspaceError> {
         let not_repo = || WorkspaceError::NotAGitRepo {
             path: config.repo.clone(),
         };
@@ -287,6 +300,14 @@ impl Worktrees {
         if repo.starts_with(&base_dir) {
             return Err(WorkspaceError::RepoInsideBaseDir { base_dir, repo });
         }
+        Ok((repo, base_dir))
+    }
+
+    fn open_resolved(
+        config: &WorktreeConfig,
+        repo: PathBuf,
+        base_dir: PathBuf,
+    ) -> Result<Worktrees, WorkspaceError> {
         if !base_dir.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)

@@ -55,6 +55,22 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         agentserver_workspace::is_git_work_tree(&workdir),
         "--isolation none",
     )?;
+    if isolation == agentserver::sandboxes::config::Isolation::Worktree {
+        // Before anything is registered: the base must lie outside the repository (the
+        // default one is under the state directory, which a repository at $HOME contains).
+        let base = args
+            .intake
+            .worktree_dir
+            .clone()
+            .unwrap_or_else(|| agentserver::paths::state_dir().join("worktrees").join("_"));
+        agentserver::sandboxes::check_worktrees(&workdir, &base).with_context(|| {
+            format!(
+                "cannot keep task worktrees under {}: give --worktree-dir DIR outside the \
+                 repository, or --isolation none",
+                base.parent().unwrap_or(&base).display()
+            )
+        })?;
+    }
     let backend = backends::build(&kind, &spec)?;
     let info = backend.info();
     if kind == BackendKind::ClaudeCode {

@@ -95,6 +95,16 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         );
         let isolation =
             effective_isolation(sandbox, agentserver_workspace::is_git_work_tree(&work_dir))?;
+        if isolation == Isolation::Worktree {
+            // Before anything is registered.
+            agentserver::sandboxes::check_worktrees(&work_dir, &sandbox.worktree_base())
+                .with_context(|| {
+                    format!(
+                        "sandbox `{}`: set worktree_dir outside the repository, or isolation = \"none\"",
+                        sandbox.name
+                    )
+                })?;
+        }
         checked.push(Checked {
             config: sandbox.clone(),
             work_dir,

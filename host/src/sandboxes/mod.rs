@@ -14,6 +14,12 @@ use agentserver_workspace::{WorkspaceError, WorktreeConfig, Worktrees};
 /// never commit (Claude Code's `.mcp.json`, which holds the tunnel token).
 pub const HOST_FILES: [&str; 1] = [".mcp.json"];
 
+/// Whether [`open_worktrees`] would accept `repo` and `base` (a git repository, the base
+/// outside it), checked before a sandbox is registered: nothing is created.
+pub fn check_worktrees(repo: &Path, base: &Path) -> Result<(), WorkspaceError> {
+    Worktrees::check(&WorktreeConfig::new(repo, base))
+}
+
 /// The task worktrees of a sandbox working on the git repository at `repo`: under `base`,
 /// leftovers capped at `disk_cap_bytes`, branches `agentserver/<task id>`.
 pub fn open_worktrees(

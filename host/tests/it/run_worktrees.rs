@@ -283,3 +283,28 @@ async fn a_host_killed_mid_task_loses_no_work_of_the_task() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worktree_base_inside_the_repository_is_refused_before_registering() {
+    let llm = FakeLlm::start().await.expect("fake LLM");
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = server.state();
+    let mut s = setup(&llm.url());
+    s.worktrees = s.repo.join("worktrees");
+    let (mut host, logs) = start_host(&s, &server.url());
+    let status = wait_exit(&mut host.0, LIMIT).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    // The reader thread may still be copying the last lines.
+    let wanted = "--worktree-dir DIR outside the repository, or --isolation none";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !logs.lock().unwrap().contains(wanted) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        logs.contains("--worktree-dir DIR outside the repository, or --isolation none"),
+        "{logs}"
+    );
+    assert!(mock.sandboxes().is_empty(), "nothing was registered");
+    assert!(!s.worktrees.exists(), "nothing was created");
+}
