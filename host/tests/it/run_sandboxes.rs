@@ -9,10 +9,11 @@
 
 use crate::support::run as support_run;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentserver_integration::claude_support::{self, real_claude};
 use agentserver_integration::opencode_support::{offline_env, real_opencode, seed_home};
 use agentserver_mock::fake_llm::{DEFAULT_TEXT, FAKE_RATE_LIMIT, FakeLlm};
 use agentserver_mock::{MockConfig, MockServer, MockState};
@@ -20,17 +21,6 @@ use serde_json::Value;
 use support_run::{KillOnDrop, drain, sigterm, wait_exit};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn real_claude() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join(".npm-clis/node_modules/.bin/claude");
-    assert!(
-        path.exists(),
-        "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh`",
-        path.display()
-    );
-    path
-}
 
 /// Polls the mock received for `sandbox_id`.
 fn polls_of(mock: &MockState, sandbox_id: &str) -> usize {
@@ -107,17 +97,9 @@ async fn a_claudecode_and_an_opencode_sandbox_in_one_host_each_get_their_tasks()
     }
     seed_home(&home).unwrap();
     let mut env = offline_env(&home, &tmp, &llm.openai_base_url());
-    env.extend([
-        ("ANTHROPIC_BASE_URL", llm.url()),
-        // Logged in with a (fake) OAuth token, claude reads the usage-limit headers of a 429.
-        ("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-fake".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
-    ]);
+    env.extend(claude_support::offline_flags(&llm.url()));
+    // Logged in with a (fake) OAuth token, claude reads the usage-limit headers of a 429.
+    env.push(("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-fake".to_owned()));
     let config = root.join("agentserver.toml");
     std::fs::write(
         &config,
@@ -302,19 +284,7 @@ async fn a_sandbox_whose_backend_cannot_start_is_retried_while_the_other_works()
     for d in [&home, &tmp, &root.join("web"), &root.join("agent")] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let env: Vec<(&'static str, String)> = vec![
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", home.display().to_string()),
-        ("TMPDIR", tmp.display().to_string()),
-        ("ANTHROPIC_BASE_URL", llm.url()),
-        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
-    ];
+    let env = claude_support::offline_env(&home, &tmp, &llm.url());
     let missing_agent = root.join("no-such-agent");
     let config = root.join("agentserver.toml");
     std::fs::write(

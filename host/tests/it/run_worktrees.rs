@@ -10,22 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use agentserver_integration::claude_support::{offline_env, real_claude};
 use agentserver_mock::fake_llm::{FakeLlm, TOOL_SH};
 use agentserver_mock::{MockConfig, MockServer, MockState};
 use serde_json::Value;
 use support_run::{KillOnDrop, drain, sigterm, wait_exit};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn real_claude() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.npm-clis/node_modules/.bin/claude");
-    assert!(
-        path.exists(),
-        "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh`",
-        path.display()
-    );
-    path
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -62,24 +53,14 @@ fn setup(llm_url: &str) -> Setup {
     std::fs::write(repo.join("README.md"), "the user's project\n").unwrap();
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "first"]);
-    let env = vec![
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", root.join("home").display().to_string()),
-        ("TMPDIR", root.join("tmp").display().to_string()),
-        ("ANTHROPIC_BASE_URL", llm_url.to_owned()),
-        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
+    let mut env = offline_env(&root.join("home"), &root.join("tmp"), llm_url);
+    env.extend([
         // The agent's own commits.
         ("GIT_AUTHOR_NAME", "agent".to_owned()),
         ("GIT_AUTHOR_EMAIL", "agent@localhost".to_owned()),
         ("GIT_COMMITTER_NAME", "agent".to_owned()),
         ("GIT_COMMITTER_EMAIL", "agent@localhost".to_owned()),
-    ];
+    ]);
     Setup {
         state: root.join("state"),
         worktrees: root.join("worktrees"),

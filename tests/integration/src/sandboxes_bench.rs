@@ -62,19 +62,7 @@ fn row(measure: &str, unit: &str, baseline: Option<(&str, f64)>, value: f64) -> 
 
 /// An isolated claude environment against `llm`, under `root`.
 fn claude_env(root: &Path, llm: &FakeLlmHandle) -> Vec<(&'static str, String)> {
-    vec![
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", root.join("home").display().to_string()),
-        ("TMPDIR", root.join("tmp").display().to_string()),
-        ("ANTHROPIC_BASE_URL", llm.url()),
-        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
-    ]
+    crate::claude_support::offline_env(&root.join("home"), &root.join("tmp"), &llm.url())
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {

@@ -194,19 +194,11 @@ async fn claude_pair(
         std::fs::create_dir_all(dir.path().join(sub))?;
     }
     let work = std::fs::canonicalize(dir.path().join("work"))?;
-    let vars = vec![
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", dir.path().join("home").display().to_string()),
-        ("TMPDIR", dir.path().join("tmp").display().to_string()),
-        ("ANTHROPIC_BASE_URL", llm.url()),
-        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-        ("IS_SANDBOX", "1".to_owned()),
-    ];
+    let vars = agentserver_integration::claude_support::offline_env(
+        &dir.path().join("home"),
+        &dir.path().join("tmp"),
+        &llm.url(),
+    );
     let mut cc = ClaudeCodeConfig {
         claude_bin: Some(claude.to_path_buf()),
         workdir: work.clone(),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use agentserver::intake::{INTERRUPT_REASON, Intake, IntakeConfig};
 use agentserver_backend_claudecode::process::processes_in_group;
 use agentserver_backend_claudecode::{ClaudeCodeBackend, ClaudeCodeConfig};
+use agentserver_integration::claude_support::{offline_env, real_claude};
 use agentserver_integration::tunnel_support::{TunnelFixture, fixed_info};
 use agentserver_mock::fake_llm::{FakeLlm, FakeLlmHandle};
 use agentserver_mock::{MockConfig, MockState, NewTask};
@@ -22,22 +23,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
-const CLAUDE_BIN_ENV: &str = "AGENTSERVER_TEST_CLAUDE_BIN";
-
-fn real_claude() -> PathBuf {
-    let path = if let Some(path) = std::env::var_os(CLAUDE_BIN_ENV) {
-        PathBuf::from(path)
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.npm-clis/node_modules/.bin/claude")
-    };
-    assert!(
-        path.exists(),
-        "the real claude CLI is missing at {}: run `bash scripts/install-test-deps.sh` \
-         (CI does this in .ci/run) or set {CLAUDE_BIN_ENV}",
-        path.display()
-    );
-    path
-}
 
 /// The mock (with the bridge), a sandbox, the fake LLM, an isolated claude environment and the
 /// intake running the claudecode backend.
@@ -65,19 +50,11 @@ impl Claude {
             term_grace: Duration::from_secs(1),
             ..ClaudeCodeConfig::default()
         };
-        config.env = [
-            ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME", root.path().join("home").display().to_string()),
-            ("TMPDIR", root.path().join("tmp").display().to_string()),
-            ("ANTHROPIC_BASE_URL", llm.url()),
-            ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
-            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-            ("DISABLE_AUTOUPDATER", "1".to_owned()),
-            ("DISABLE_TELEMETRY", "1".to_owned()),
-            ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-            ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
-            ("IS_SANDBOX", "1".to_owned()),
-        ]
+        config.env = offline_env(
+            &root.path().join("home"),
+            &root.path().join("tmp"),
+            &llm.url(),
+        )
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
