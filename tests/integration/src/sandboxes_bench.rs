@@ -292,44 +292,6 @@ pub async fn worktrees(
     )])
 }
 
-/// A stdio MCP server (Python) that, each time it starts, daemonizes a `sleep` (double fork,
-/// `setsid`) and notes the daemon's pid in `pids`, then answers MCP's `initialize` and
-/// `tools/list` (no tools) until stdin closes.
-fn daemonizing_mcp_server(pids: &Path) -> String {
-    format!(
-        r#"import json, os, sys
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    if os.fork() == 0:
-        with open({pids:?}, "a") as f:
-            f.write(f"{{os.getpid()}}\n")
-        os.closerange(0, 256)
-        os.execvp("sleep", ["sleep", "3600"])
-    os._exit(0)
-os.waitpid(pid, 0)
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if "id" not in msg:
-        continue
-    method = msg.get("method")
-    if method == "initialize":
-        result = {{"protocolVersion": msg["params"].get("protocolVersion", "2024-11-05"),
-                  "capabilities": {{"tools": {{}}}}, "serverInfo": {{"name": "daemonizer", "version": "1"}}}}
-    elif method == "tools/list":
-        result = {{"tools": []}}
-    else:
-        result = {{}}
-    sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": result}}) + "\n")
-    sys.stdout.flush()
-"#,
-        pids = pids.display().to_string()
-    )
-}
-
 /// Resident set size of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -347,15 +309,16 @@ pub async fn soak(agentserver: &Path, claude: &Path, sizes: &Sizes) -> anyhow::R
     let llm = FakeLlm::start().await?;
     let (_dir, root) = fixture()?;
     let env = claude_env(&root, &llm);
-    let pids = root.join("daemon-pids");
+    let pids = root.join("daemons");
+    std::fs::create_dir(&pids)?;
     let script = root.join("daemonizer.py");
-    std::fs::write(&script, daemonizing_mcp_server(&pids))?;
+    std::fs::write(&script, agentserver_mock::fake_mcp::DAEMONIZING_MCP_SERVER)?;
     let repo = root.join("repo");
     // The project's MCP server, committed (each worktree has it), approved for claude.
     std::fs::write(
         repo.join(".mcp.json"),
         serde_json::to_string_pretty(&json!({"mcpServers": {"daemonizer": {
-            "command": "python3", "args": [script]}}}))?,
+            "command": "python3", "args": [script, pids]}}}))?,
     )?;
     std::fs::create_dir_all(repo.join(".claude"))?;
     std::fs::write(
@@ -403,11 +366,7 @@ pub async fn soak(agentserver: &Path, claude: &Path, sizes: &Sizes) -> anyhow::R
         curve.push((done, rss));
     }
     host.stop().await;
-    let daemons: Vec<u32> = std::fs::read_to_string(&pids)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let daemons = agentserver_mock::fake_mcp::daemon_pids(&pids);
     let alive: Vec<u32> = daemons
         .iter()
         .copied()

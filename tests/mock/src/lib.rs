@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod fake_llm;
+pub mod fake_mcp;
 pub mod faults;
 pub mod oauth;
 pub mod record;

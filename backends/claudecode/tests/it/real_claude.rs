@@ -273,43 +273,6 @@ async fn stalled_stream_trips_the_idle_watchdog() {
     assert!(processes_in_group(report.stats.pid.unwrap()).is_empty());
 }
 
-/// A stdio MCP server that, as it starts, daemonizes a child (double fork + `setsid`, the
-/// grandchild reparented away from claude) writing its pid to `argv[1]`, then answers just
-/// enough MCP for claude to connect, until its stdin closes.
-const DAEMONIZING_MCP_SERVER: &str = r#"
-import json, os, sys, time
-pidfile = sys.argv[1]
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        with open(pidfile + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(pidfile + ".tmp", pidfile)
-        for fd in (0, 1, 2):
-            os.close(fd)
-        time.sleep(300)
-    os._exit(0)
-os.wait()
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if "id" not in msg:
-        continue
-    method = msg.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": msg["params"].get("protocolVersion", "2024-11-05"),
-                  "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "daemonizer", "version": "0.1"}}
-    elif method == "tools/list":
-        result = {"tools": []}
-    else:
-        result = {}
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
-
 #[tokio::test]
 async fn an_mcp_servers_daemon_does_not_outlive_the_task() {
     // As the host binary does: orphans come to us, not to init.
@@ -317,11 +280,12 @@ async fn an_mcp_servers_daemon_does_not_outlive_the_task() {
     let env = Env::new(|_| {}).await;
     let work = env.dir.path().join("work");
     let script = env.dir.path().join("mcp_server.py");
-    std::fs::write(&script, DAEMONIZING_MCP_SERVER).unwrap();
-    let pidfile = env.dir.path().join("daemon.pid");
+    std::fs::write(&script, agentserver_mock::fake_mcp::DAEMONIZING_MCP_SERVER).unwrap();
+    let pids = env.dir.path().join("daemons");
+    std::fs::create_dir(&pids).unwrap();
     let mcp = serde_json::json!({"mcpServers": {"daemonizer": {
         "command": "python3",
-        "args": [script.display().to_string(), pidfile.display().to_string()],
+        "args": [script.display().to_string(), pids.display().to_string()],
     }}});
     std::fs::write(work.join(".mcp.json"), mcp.to_string()).unwrap();
     // Project servers are approved for this checkout (claude -p would not ask anyway).
@@ -337,11 +301,10 @@ async fn an_mcp_servers_daemon_does_not_outlive_the_task() {
     let done = run(&env.backend, task).await;
     let r = &done.report;
     assert_eq!(r.outcome.status, TaskStatus::Completed, "{r:?}");
-    let daemon: u32 = std::fs::read_to_string(&pidfile)
-        .expect("claude started the MCP server, which daemonized")
-        .trim()
-        .parse()
-        .unwrap();
+    let daemons = agentserver_mock::fake_mcp::daemon_pids(&pids);
+    let [daemon] = daemons[..] else {
+        panic!("claude started the MCP server, which daemonized once: {daemons:?}")
+    };
     assert!(
         r.stats.scope_leftovers.iter().any(|l| l.pid == daemon),
         "the daemon was not a leftover: {:?}",
