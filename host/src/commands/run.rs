@@ -18,7 +18,6 @@ use agentserver::state::SessionStore;
 use agentserver::tunnel::TunnelEvent;
 use agentserver::worker::{Worker, WorkerOptions, drain_when_unused, spawn_leftover_flush};
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 
 use super::backends;
 use crate::cli::RunArgs;
@@ -92,15 +91,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     // Ctrl-C while logging in aborts the login cleanly.
-    let login_cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = login_cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
+    let login_cancel = super::login::cancel_on_ctrl_c();
     let auth = AuthContext::default_location().with_seed(headless::seed_from_env()?);
     let ui = TerminalLoginUi::new(!args.session.skip_open_browser);
     let request = SessionRequest {
@@ -116,7 +107,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         cwd: &cwd,
     };
     let chosen = choose_session(&request, &store, &auth, &ui, &login_cancel).await;
-    ctrl_c.abort();
+    // The login is over: the watcher ends, the shutdown signals take over.
+    login_cancel.cancel();
     let (guard, origin) = chosen?;
     let session = guard.session().clone();
     let verb = match origin {

@@ -22,7 +22,6 @@ use agentserver::shutdown::{FORCE_EXIT_CODE, ShutdownSignals, follow_signals};
 use agentserver::state::{SessionGuard, SessionStore};
 use agentserver::worker::WorkerOptions;
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 
 use super::backends;
 use crate::cli::{AcpArgs, ClaudeArgs, OpencodeArgs, RunArgs};
@@ -116,15 +115,7 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
     let store = SessionStore::default_location();
     let auth = AuthContext::default_location().with_seed(headless::seed_from_env()?);
     let ui = TerminalLoginUi::new(!args.session.skip_open_browser);
-    let login_cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = login_cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
+    let login_cancel = super::login::cancel_on_ctrl_c();
     let mut guards: Vec<(SessionGuard, &Checked)> = Vec::new();
     for sandbox in &checked {
         let kind = &sandbox.config.backend;
@@ -152,7 +143,7 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         let (guard, origin) = match chosen {
             Ok(chosen) => chosen,
             Err(err) => {
-                ctrl_c.abort();
+                login_cancel.cancel();
                 return Err(
                     anyhow::Error::new(err).context(format!("sandbox `{}`", sandbox.config.name))
                 );
@@ -173,7 +164,8 @@ pub async fn run(args: RunArgs, config: HostConfig) -> Result<ExitCode> {
         ));
         guards.push((guard, sandbox));
     }
-    ctrl_c.abort();
+    // The logins are over: the watcher ends, the shutdown signals take over.
+    login_cancel.cancel();
 
     let metrics = Arc::new(Metrics::new());
     let metrics_server = match args.ops.metrics_listen {
