@@ -1,10 +1,22 @@
-//! Giving memory back after bursts. glibc's malloc keeps what a burst of concurrent requests
-//! freed in its per-thread arenas (measured: 7 MiB after connecting, 97 MiB after three bursts
-//! of 200 concurrent echoes and still 97 MiB after 10 s idle, while heaptrack showed 35 KiB
-//! live at the end). `malloc_trim(0)` returns the free pages of every arena to the system.
-//! It runs once the host has been quiet for [`QUIET`] after busy work: every tunnel stream
-//! holds a [`busy`] guard, and when the last one of a burst ends, a trim is scheduled.
-//! Why not another allocator: `docs/decisions/allocator.md`.
+//! Giving memory back after bursts and after start-up.
+//!
+//! Two kinds of memory stay resident after work is done:
+//! - **freed heap**: glibc's malloc keeps what a burst of concurrent requests freed in its
+//!   per-thread arenas (measured: 7 MiB after connecting, 97 MiB after three bursts of 200
+//!   concurrent echoes and still 97 MiB after 10 s idle, while heaptrack showed 35 KiB live at
+//!   the end). `malloc_trim(0)` returns the free pages of every arena to the system.
+//! - **code only start-up ran**: the pages of the executable that login, registration, the
+//!   capability probes and a WASM compile touched stay mapped (an idle `agentserver run` held
+//!   15 MiB of its 57 MB binary, 3 MiB of heap). [`release_idle_code`] unmaps the executable's
+//!   clean read-only pages; the kernel's page cache keeps them, so what runs again costs a
+//!   minor fault each, not a read from disk.
+//!
+//! Both happen when the host is quiet: every tunnel stream holds a [`busy`] guard, and the
+//! first agent info of the process calls [`started`]. [`QUIET`] after the last guard of a
+//! burst is dropped the heap is trimmed; [`SETTLED`] after it, when the local forwarder's idle
+//! connections have closed too (`agentserver_common::forward::IDLE_TIMEOUT`), the heap is
+//! trimmed again and the idle code is released. Why this and not another allocator:
+//! `docs/decisions/allocator.md`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,13 +24,25 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// How long the host must be quiet after busy work before freed memory is given back.
+/// How long the host must be quiet after busy work before freed heap is given back.
 pub const QUIET: Duration = Duration::from_secs(1);
 
+/// How long the host must be quiet before the heap is trimmed again and idle code is released:
+/// by then the local forwarder has closed the idle connections a burst left (they are checked
+/// every `IDLE_TIMEOUT`, so one goes at most twice that after its last use).
+pub const SETTLED: Duration = QUIET
+    .saturating_add(agentserver_common::forward::IDLE_TIMEOUT)
+    .saturating_add(agentserver_common::forward::IDLE_TIMEOUT);
+
 struct Trimmer {
+    /// Busy guards alive.
     active: AtomicUsize,
+    /// Busy guards ever taken (a settled trim is skipped when work started meanwhile).
+    taken: AtomicU64,
+    /// Work was done since the last trim.
     dirty: AtomicBool,
     trims: AtomicU64,
+    settled: AtomicU64,
     idle: Notify,
 }
 
@@ -27,11 +51,13 @@ fn trimmer() -> &'static Trimmer {
     TRIMMER.get_or_init(|| {
         let trimmer: &'static Trimmer = Box::leak(Box::new(Trimmer {
             active: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             trims: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             idle: Notify::new(),
         }));
-        // Started on the first busy guard, which is taken on a Tokio runtime.
+        // Started on the first call, which is made on a Tokio runtime.
         tokio::spawn(trim_when_quiet(trimmer));
         trimmer
     })
@@ -40,12 +66,33 @@ fn trimmer() -> &'static Trimmer {
 async fn trim_when_quiet(trimmer: &'static Trimmer) {
     loop {
         trimmer.idle.notified().await;
-        tokio::time::sleep(QUIET).await;
-        if trimmer.active.load(Ordering::Acquire) == 0
-            && trimmer.dirty.swap(false, Ordering::AcqRel)
-        {
+        // One quiet period; restarted when more work ends before it has settled.
+        loop {
+            let taken = trimmer.taken.load(Ordering::Acquire);
+            tokio::time::sleep(QUIET).await;
+            if trimmer.active.load(Ordering::Acquire) != 0
+                || !trimmer.dirty.swap(false, Ordering::AcqRel)
+            {
+                break;
+            }
             let _ = tokio::task::spawn_blocking(give_back_now).await;
             trimmer.trims.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(SETTLED.saturating_sub(QUIET)) => {}
+                () = trimmer.idle.notified() => continue,
+            }
+            // Work that started meanwhile and still runs notifies when it ends.
+            if trimmer.active.load(Ordering::Acquire) == 0
+                && trimmer.taken.load(Ordering::Acquire) == taken
+            {
+                let _ = tokio::task::spawn_blocking(|| {
+                    give_back_now();
+                    release_idle_code()
+                })
+                .await;
+                trimmer.settled.fetch_add(1, Ordering::Relaxed);
+            }
+            break;
         }
     }
 }
@@ -54,6 +101,7 @@ async fn trim_when_quiet(trimmer: &'static Trimmer) {
 /// called on a Tokio runtime.
 pub fn busy() -> BusyGuard {
     let trimmer = trimmer();
+    trimmer.taken.fetch_add(1, Ordering::AcqRel);
     trimmer.active.fetch_add(1, Ordering::AcqRel);
     BusyGuard(trimmer)
 }
@@ -70,10 +118,28 @@ impl Drop for BusyGuard {
     }
 }
 
-/// How many times freed memory was given back after a quiet period. Must be called on a
-/// Tokio runtime.
+/// Says that start-up is over (the first agent info went out): once the host has been quiet
+/// for [`SETTLED`], what start-up freed and the code only it ran are given back. Later calls do
+/// nothing. Must be called on a Tokio runtime.
+pub fn started() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if !STARTED.swap(true, Ordering::AcqRel) {
+        let trimmer = trimmer();
+        trimmer.dirty.store(true, Ordering::Release);
+        trimmer.idle.notify_one();
+    }
+}
+
+/// How many times freed heap was given back after a quiet period. Must be called on a Tokio
+/// runtime.
 pub fn trims() -> u64 {
     trimmer().trims.load(Ordering::Relaxed)
+}
+
+/// How many times the host settled (heap trimmed again, idle code released). Must be called
+/// on a Tokio runtime.
+pub fn settled_trims() -> u64 {
+    trimmer().settled.load(Ordering::Relaxed)
 }
 
 /// Returns the free pages of the allocator to the system now (glibc: `malloc_trim(0)`; other
@@ -84,6 +150,127 @@ pub fn give_back_now() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Unmaps the resident pages of the executable's read-only mappings that hold nothing but the
+/// file's own bytes (code and constants; never the relocated or written ones), so the process's
+/// resident set is what it still uses. Returns the bytes released. Linux only; elsewhere, or
+/// when `/proc` cannot be read, nothing happens.
+///
+/// The pages stay in the page cache: touching one again maps it back (a minor fault) with the
+/// same bytes, because a private mapping that was never written reads from the file.
+pub fn release_idle_code() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+            return 0;
+        };
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+            return 0;
+        };
+        let mut released = 0;
+        for mapping in clean_file_mappings(&smaps, &exe.to_string_lossy()) {
+            // SAFETY: the range is a whole mapping of the executable that is private, not
+            // writable and holds no anonymous (copied-on-write) page: every page of it is the
+            // file's content, which the kernel maps back on the next access. No Rust object
+            // lives in it.
+            let rc = unsafe {
+                libc::madvise(
+                    mapping.start as *mut libc::c_void,
+                    mapping.len,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc == 0 {
+                released += mapping.resident;
+            }
+        }
+        tracing::debug!(
+            released_kib = released / 1024,
+            "released the executable's idle pages"
+        );
+        released
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// One mapping [`release_idle_code`] may release.
+#[derive(Debug, PartialEq, Eq)]
+struct CleanMapping {
+    start: usize,
+    len: usize,
+    /// Resident bytes (`Rss`).
+    resident: u64,
+}
+
+/// The mappings of `path` in `smaps` (the text of `/proc/PID/smaps`) that are private, not
+/// writable, hold no anonymous page and are not locked.
+fn clean_file_mappings(smaps: &str, path: &str) -> Vec<CleanMapping> {
+    struct Current {
+        start: usize,
+        end: usize,
+        eligible: bool,
+        resident: u64,
+        anonymous: Option<u64>,
+        locked: Option<u64>,
+    }
+    let kib = |rest: &str| -> Option<u64> { rest.split_whitespace().next()?.parse().ok() };
+    let mut out = Vec::new();
+    let mut current: Option<Current> = None;
+    let finish = |c: Option<Current>, out: &mut Vec<CleanMapping>| {
+        if let Some(c) = c
+            && c.eligible
+            && c.anonymous == Some(0)
+            && c.locked.unwrap_or(0) == 0
+            && c.resident > 0
+        {
+            out.push(CleanMapping {
+                start: c.start,
+                len: c.end - c.start,
+                resident: c.resident * 1024,
+            });
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        // A mapping's header: `start-end perms offset dev inode [path]`.
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            finish(current.take(), &mut out);
+            let perms = fields.next().unwrap_or("");
+            let rest: Vec<&str> = fields.skip(3).collect();
+            let eligible = perms.len() == 4
+                && perms.as_bytes()[1] == b'-'
+                && perms.as_bytes()[3] == b'p'
+                && rest.join(" ") == path
+                && end > start;
+            current = Some(Current {
+                start,
+                end,
+                eligible,
+                resident: 0,
+                anonymous: None,
+                locked: None,
+            });
+            continue;
+        }
+        if let Some(c) = current.as_mut() {
+            match first {
+                "Rss:" => c.resident = kib(&line[4..]).unwrap_or(0),
+                "Anonymous:" => c.anonymous = kib(&line[10..]),
+                "Locked:" => c.locked = kib(&line[7..]),
+                _ => {}
+            }
+        }
+    }
+    finish(current.take(), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -103,5 +290,82 @@ mod tests {
         // Quiet with nothing done since: no further trim.
         tokio::time::sleep(QUIET * 2).await;
         assert_eq!(trims(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn the_host_settles_once_quiet_long_enough_and_not_while_busy() {
+        let before = settled_trims();
+        started();
+        // Busy past the quiet period: no settling while a stream is served.
+        let guard = busy();
+        tokio::time::sleep(SETTLED + QUIET).await;
+        assert_eq!(settled_trims(), before);
+        drop(guard);
+        tokio::time::sleep(SETTLED + QUIET).await;
+        assert_eq!(settled_trims(), before + 1);
+    }
+
+    const SMAPS: &str = "\
+55d0c0000000-55d0c0400000 r--p 00000000 fe:01 123 /opt/agent server/bin
+Rss:                1024 kB
+Anonymous:             0 kB
+Locked:                0 kB
+55d0c0400000-55d0c1400000 r-xp 00400000 fe:01 123 /opt/agent server/bin
+Size:              16384 kB
+Rss:                8192 kB
+Anonymous:             0 kB
+Locked:                0 kB
+55d0c1400000-55d0c1500000 r--p 01400000 fe:01 123 /opt/agent server/bin
+Rss:                 512 kB
+Anonymous:           500 kB
+Locked:                0 kB
+55d0c1500000-55d0c1600000 rw-p 01500000 fe:01 123 /opt/agent server/bin
+Rss:                 100 kB
+Anonymous:           100 kB
+55d0c1600000-55d0c1700000 r-xp 00000000 fe:01 456 /usr/lib/libc.so.6
+Rss:                 900 kB
+Anonymous:             0 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  32 kB
+Anonymous:            32 kB
+55d0c1700000-55d0c1800000 r-xp 00000000 fe:01 123 /opt/agent server/bin (deleted)
+Rss:                 900 kB
+Anonymous:             0 kB
+55d0c1800000-55d0c1900000 r-xp 00000000 fe:01 123 /opt/agent server/bin
+Rss:                 900 kB
+Anonymous:             0 kB
+Locked:                4 kB
+";
+
+    #[test]
+    fn only_the_executables_untouched_read_only_pages_are_released() {
+        let found = clean_file_mappings(SMAPS, "/opt/agent server/bin");
+        assert_eq!(
+            found,
+            vec![
+                CleanMapping {
+                    start: 0x55d0c0000000,
+                    len: 0x400000,
+                    resident: 1024 * 1024,
+                },
+                CleanMapping {
+                    start: 0x55d0c0400000,
+                    len: 0x1000000,
+                    resident: 8192 * 1024,
+                },
+            ],
+            "the relocated, the writable, the locked, the replaced ones and other files stay"
+        );
+    }
+
+    #[test]
+    fn released_code_still_runs() {
+        // This test binary's own code and constants are released, then used again.
+        let released = release_idle_code();
+        assert!(released > 0, "nothing of the test binary was resident?");
+        let text = format!("{:?}", clean_file_mappings(SMAPS, "/opt/agent server/bin"));
+        assert!(text.contains("CleanMapping"));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(status.contains("RssFile:"));
     }
 }

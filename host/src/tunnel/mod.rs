@@ -397,8 +397,10 @@ async fn info_loop(
         }
         let json = info().await;
         let sent = send_info(&control, &json).await;
-        if let Err(e) = &sent {
-            tracing::debug!(error = %e, "could not send agent info");
+        match &sent {
+            // Start-up is over: what only it needed can go once the host is quiet.
+            Ok(()) => crate::memory::started(),
+            Err(e) => tracing::debug!(error = %e, "could not send agent info"),
         }
         let _ = events.send(TunnelEvent::InfoSent { ok: sent.is_ok() });
     }

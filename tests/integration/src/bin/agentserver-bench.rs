@@ -346,6 +346,8 @@ struct ProcSample {
     rss_kib: u64,
     /// `VmHWM` (peak RSS), KiB.
     hwm_kib: u64,
+    /// `RssAnon` (heap, stacks: memory only this process holds), KiB.
+    anon_kib: u64,
     /// Voluntary + involuntary context switches summed over the live threads.
     switches: u64,
     /// Number of threads.
@@ -382,6 +384,7 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
         cpu_ticks,
         rss_kib: status_field(&status, "VmRSS:"),
         hwm_kib: status_field(&status, "VmHWM:"),
+        anon_kib: status_field(&status, "RssAnon:"),
         switches,
         threads: status_field(&status, "Threads:"),
     })
@@ -389,8 +392,9 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
 
 /// The backends an idle host is measured with.
 enum IdleBackend {
-    /// The bundled example WASM plugin (works on a fresh machine).
-    WasmExample,
+    /// The bundled example WASM plugin (works on a fresh machine), compiled at start (a fresh
+    /// host) or, `warm`, read from the compile cache (every later start).
+    WasmExample { warm: bool },
     /// The built-in claudecode backend with this `claude`.
     Claudecode(PathBuf),
 }
@@ -398,7 +402,8 @@ enum IdleBackend {
 impl IdleBackend {
     fn label(&self) -> &'static str {
         match self {
-            Self::WasmExample => "idle host (wasm-example)",
+            Self::WasmExample { warm: false } => "idle host (wasm-example, compiled at start)",
+            Self::WasmExample { warm: true } => "idle host (wasm-example, from the cache)",
             Self::Claudecode(_) => "idle host (claudecode)",
         }
     }
@@ -411,11 +416,12 @@ impl IdleBackend {
 /// five keep the run short.
 const RECONNECTS: usize = 5;
 
-async fn idle_host(agentserver: &Path, backend: &IdleBackend, secs: u64) -> Vec<Row> {
+/// An idle host's rows and its times from tunnel up to first agent info (ms).
+async fn idle_host(agentserver: &Path, backend: &IdleBackend, secs: u64) -> (Vec<Row>, Vec<f64>) {
     let bench = backend.label();
     match measure_idle(agentserver, backend, secs).await {
-        Ok(rows) => rows,
-        Err(err) => vec![Row::note(bench, format!("failed: {err:#}"))],
+        Ok(measured) => measured,
+        Err(err) => (vec![Row::note(bench, format!("failed: {err:#}"))], vec![]),
     }
 }
 
@@ -423,7 +429,7 @@ async fn measure_idle(
     agentserver: &Path,
     backend: &IdleBackend,
     secs: u64,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Vec<Row>, Vec<f64>)> {
     let bench = backend.label();
     let mock = MockServer::start(MockConfig::default()).await?;
     let state = mock.state();
@@ -442,7 +448,7 @@ async fn measure_idle(
         .arg("--work-dir")
         .arg(&work);
     match backend {
-        IdleBackend::WasmExample => {
+        IdleBackend::WasmExample { warm } => {
             let dir = tmp.path().join("plugins/wasm-example");
             std::fs::create_dir_all(&dir)?;
             std::fs::write(
@@ -453,6 +459,21 @@ async fn measure_idle(
                 dir.join("wasm-example.wasm"),
                 agentserver::plugins::wasm::bundled::component_bytes()?,
             )?;
+            if *warm {
+                // `plugins inspect` loads the plugin, which compiles it into the cache.
+                let inspected = tokio::process::Command::new(agentserver)
+                    .args(["plugins", "inspect", "wasm-example", "--plugin-dir"])
+                    .arg(tmp.path().join("plugins"))
+                    .env("AGENTSERVER_HOME", &home)
+                    .env("HOME", tmp.path())
+                    .output()
+                    .await?;
+                anyhow::ensure!(
+                    inspected.status.success(),
+                    "plugins inspect failed: {}",
+                    String::from_utf8_lossy(&inspected.stderr)
+                );
+            }
             cmd.args(["--backend", "wasm-example", "--plugin-dir"])
                 .arg(tmp.path().join("plugins"));
         }
@@ -588,17 +609,23 @@ async fn measure_idle(
         value: Some(value),
     };
     eprintln!(
-        "   connected; over {elapsed:.0} s: CPU {cpu_secs:.2} s, RSS {:.1} → {:.1} MiB (max {:.1}, peak since start {:.1}), {} threads, {} context switches",
+        "   connected; over {elapsed:.0} s: CPU {cpu_secs:.2} s, RSS {:.1} → {:.1} MiB (of which heap {:.1}; max {:.1}, peak since start {:.1}), {} threads, {} context switches",
         mib(first.rss_kib),
         mib(last.rss_kib),
+        mib(last.anon_kib),
         mib(max_rss),
         mib(last.hwm_kib),
         last.threads,
         last.switches.saturating_sub(first.switches)
     );
-    Ok(vec![
+    let rows = vec![
         row("RSS once connected".into(), "MiB", mib(connect_rss)),
         row(format!("RSS after {secs} s idle"), "MiB", mib(last.rss_kib)),
+        row(
+            format!("of which heap (RssAnon) after {secs} s idle"),
+            "MiB",
+            mib(last.anon_kib),
+        ),
         row("peak RSS since start".into(), "MiB", mib(last.hwm_kib)),
         row(
             format!("CPU time over {secs} s idle"),
@@ -621,7 +648,8 @@ async fn measure_idle(
             "ms",
             first_info_median,
         ),
-    ])
+    ];
+    Ok((rows, first_info_ms))
 }
 
 fn machine() -> String {
@@ -734,20 +762,46 @@ async fn main() -> anyhow::Result<()> {
         match layout.sibling("agentserver") {
             None => rows.extend(not_built("idle host")),
             Some(agentserver) => {
-                // Both hosts idle side by side: neither disturbs the other's own figures.
-                let wasm = IdleBackend::WasmExample;
+                // The hosts idle side by side: none disturbs the others' own figures.
+                let cold = IdleBackend::WasmExample { warm: false };
+                let warm = IdleBackend::WasmExample { warm: true };
                 let cc = claude.clone().map(IdleBackend::Claudecode);
-                let (a, b) =
-                    tokio::join!(idle_host(&agentserver, &wasm, options.idle_secs), async {
+                let secs = options.idle_secs;
+                let (a, b, c) = tokio::join!(
+                    idle_host(&agentserver, &cold, secs),
+                    idle_host(&agentserver, &warm, secs),
+                    async {
                         match &cc {
-                            Some(cc) => idle_host(&agentserver, cc, options.idle_secs).await,
-                            None => {
-                                missing("idle host (claudecode)", "the claude CLI is not installed")
-                            }
+                            Some(cc) => idle_host(&agentserver, cc, secs).await,
+                            None => (
+                                missing(
+                                    "idle host (claudecode)",
+                                    "the claude CLI is not installed",
+                                ),
+                                vec![],
+                            ),
                         }
+                    }
+                );
+                // Each host reconnects five times (its backoff doubles after each short
+                // connection); the goal is over ten connects of hosts that have run a while.
+                let mut all: Vec<f64> = [&a.1, &b.1, &c.1].into_iter().flatten().copied().collect();
+                all.sort_by(f64::total_cmp);
+                for (host_rows, _) in [a, b, c] {
+                    rows.extend(host_rows);
+                }
+                if !all.is_empty() {
+                    rows.push(Row {
+                        bench: "idle hosts".into(),
+                        measure: format!(
+                            "tunnel up -> first agent info, median of all {} reconnects",
+                            all.len()
+                        ),
+                        unit: "ms".into(),
+                        baseline: None,
+                        value: Some(all[all.len() / 2]),
                     });
-                rows.extend(a);
-                rows.extend(b);
+                }
             }
         }
     }

@@ -61,7 +61,14 @@ async fn host_child(args: &[String]) -> anyhow::Result<()> {
     let [server, sandbox, token, local] = args else {
         anyhow::bail!("usage: --host-child SERVER SANDBOX TOKEN LOCAL_URL");
     };
-    let config = TunnelConfig::new(server.clone(), sandbox.clone(), Secret::new(token.clone()));
+    let mut config = TunnelConfig::new(server.clone(), sandbox.clone(), Secret::new(token.clone()));
+    // `TUNNEL_BENCH_WINDOW=BYTES`: the host's per-stream receive window (experiments).
+    if let Some(window) = std::env::var("TUNNEL_BENCH_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        config.mux.max_stream_window = window;
+    }
     let tunnel = Tunnel::new(
         config,
         Arc::new(HttpProxyBackend::new(local.clone())),
@@ -76,6 +83,17 @@ async fn host_child(args: &[String]) -> anyhow::Result<()> {
     });
     tunnel.run(cancel).await?;
     Ok(())
+}
+
+/// `RssAnon` of `pid`, KiB: its heap and stacks, without the mapped executable.
+fn heap_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -179,6 +197,9 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
         "host did not connect"
     );
     let idle_rss = rss_kib(pid).0;
+    // Once start-up has settled the host releases the code only start-up ran (memory.rs).
+    tokio::time::sleep(agentserver::memory::SETTLED + Duration::from_secs(1)).await;
+    let settled_rss = rss_kib(pid).0;
     let client = reqwest::Client::new();
     let size = size_mib * 1024 * 1024;
     let path = format!("/bytes/{size}");
@@ -303,6 +324,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     let after_bursts = bursts(&state, &id, pid, 3, 200, 4 << 20).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after_idle = rss_kib(pid).0;
+    let after_idle_heap = heap_kib(pid);
 
     let mib = size as f64 / (1024.0 * 1024.0);
     let direct_tp = mib / direct_secs;
@@ -340,6 +362,12 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     println!("|---|---|---|");
     println!("| after connect | {:.1} | 1.00 |", kib_mib(idle_rss));
     println!(
+        "| after connect, settled ({} s later) | {:.1} | {:.2} |",
+        (agentserver::memory::SETTLED + Duration::from_secs(1)).as_secs(),
+        kib_mib(settled_rss),
+        settled_rss as f64 / idle_rss as f64
+    );
+    println!(
         "| peak during the {size_mib} MiB download | {:.1} | {:.2} |",
         kib_mib(peak_after_bulk),
         peak_after_bulk as f64 / idle_rss as f64
@@ -358,8 +386,9 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
         );
     }
     println!(
-        "| after the bursts and 10 s idle | {:.1} | {:.2} |",
+        "| after the bursts and 10 s idle | {:.1} (heap {:.1}) | {:.2} |",
         kib_mib(after_idle),
+        kib_mib(after_idle_heap),
         after_idle as f64 / idle_rss as f64
     );
     println!();
@@ -381,6 +410,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
             row(format!("p99 latency, {requests} small requests"), "ms", Some(ms(dp99)), ms(tp99)),
             row(format!("throughput, one {size_mib} MiB upload"), "MiB/s", Some(up_direct), up_tunnel),
             row("host RSS, idle after connect".into(), "MiB", None, idle_rss as f64 / 1024.0),
+            row("host RSS, idle after connect, settled".into(), "MiB", None, settled_rss as f64 / 1024.0),
             row(format!("host peak RSS, {size_mib} MiB download"), "MiB", None, peak_after_bulk as f64 / 1024.0),
             row(format!("host peak RSS, {size_mib} MiB upload"), "MiB", None, peak_upload as f64 / 1024.0),
             serde_json::json!({"measure": "host RSS after 3 bursts of 200 concurrent 0-4 MiB echoes + 10 s idle",
