@@ -7,9 +7,9 @@
 //!   the end). `malloc_trim(0)` returns the free pages of every arena to the system.
 //! - **code only start-up ran**: the pages of the executable that login, registration, the
 //!   capability probes and a WASM compile touched stay mapped (an idle `agentserver run` held
-//!   15 MiB of its 57 MB binary, 3 MiB of heap). [`release_idle_code`] unmaps the executable's
-//!   clean read-only pages; the kernel's page cache keeps them, so what runs again costs a
-//!   minor fault each, not a read from disk.
+//!   15 MiB of its 57 MB binary, 3 MiB of heap). [`release_idle_code`] unmaps the clean
+//!   read-only pages of the executable and the shared libraries; the kernel's page cache keeps
+//!   them, so what runs again costs a minor fault each, not a read from disk.
 //!
 //! Both happen when the host is quiet: every tunnel stream holds a [`busy`] guard, and the
 //! first agent info of the process calls [`started`]. [`QUIET`] after the last guard of a
@@ -152,28 +152,25 @@ pub fn give_back_now() {
     }
 }
 
-/// Unmaps the resident pages of the executable's read-only mappings that hold nothing but the
-/// file's own bytes (code and constants; never the relocated or written ones), so the process's
-/// resident set is what it still uses. Returns the bytes released. Linux only; elsewhere, or
-/// when `/proc` cannot be read, nothing happens.
+/// Unmaps the resident pages of the read-only file mappings (the executable's and the shared
+/// libraries' code and constants) that hold nothing but the file's own bytes, never a
+/// relocated or written page, so the process's resident set is what it still uses. Returns
+/// the bytes released. Linux only; elsewhere, or when `/proc` cannot be read, nothing happens.
 ///
 /// The pages stay in the page cache: touching one again maps it back (a minor fault) with the
 /// same bytes, because a private mapping that was never written reads from the file.
 pub fn release_idle_code() -> u64 {
     #[cfg(target_os = "linux")]
     {
-        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return 0;
-        };
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return 0;
         };
         let mut released = 0;
-        for mapping in clean_file_mappings(&smaps, &exe.to_string_lossy()) {
-            // SAFETY: the range is a whole mapping of the executable that is private, not
-            // writable and holds no anonymous (copied-on-write) page: every page of it is the
-            // file's content, which the kernel maps back on the next access. No Rust object
-            // lives in it.
+        for mapping in clean_file_mappings(&smaps) {
+            // SAFETY: the range is a whole mapping of a file that is private, not writable
+            // and holds no anonymous (copied-on-write) page: every page of it is the file's
+            // content, which the kernel maps back on the next access, exactly as after
+            // reclaiming it under memory pressure. No Rust object lives in it.
             let rc = unsafe {
                 libc::madvise(
                     mapping.start as *mut libc::c_void,
@@ -187,7 +184,7 @@ pub fn release_idle_code() -> u64 {
         }
         tracing::debug!(
             released_kib = released / 1024,
-            "released the executable's idle pages"
+            "released idle code and constants"
         );
         released
     }
@@ -204,9 +201,9 @@ struct CleanMapping {
     resident: u64,
 }
 
-/// The mappings of `path` in `smaps` (the text of `/proc/PID/smaps`) that are private, not
-/// writable, hold no anonymous page and are not locked.
-fn clean_file_mappings(smaps: &str, path: &str) -> Vec<CleanMapping> {
+/// The file mappings in `smaps` (the text of `/proc/PID/smaps`) that are private, not
+/// writable, hold no anonymous page and are not locked; not those of a file deleted since.
+fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
     struct Current {
         start: usize,
         end: usize,
@@ -244,11 +241,12 @@ fn clean_file_mappings(smaps: &str, path: &str) -> Vec<CleanMapping> {
         {
             finish(current.take(), &mut out);
             let perms = fields.next().unwrap_or("");
-            let rest: Vec<&str> = fields.skip(3).collect();
+            let path = fields.skip(3).collect::<Vec<&str>>().join(" ");
             let eligible = perms.len() == 4
                 && perms.as_bytes()[1] == b'-'
                 && perms.as_bytes()[3] == b'p'
-                && rest.join(" ") == path
+                && path.starts_with('/')
+                && !path.ends_with(" (deleted)")
                 && end > start;
             current = Some(Current {
                 start,
@@ -328,6 +326,12 @@ Anonymous:             0 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 Rss:                  32 kB
 Anonymous:            32 kB
+7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]
+Rss:                   8 kB
+Anonymous:             0 kB
+7ffd00200000-7ffd00300000 r--p 00000000 00:00 0
+Rss:                  20 kB
+Anonymous:             0 kB
 55d0c1700000-55d0c1800000 r-xp 00000000 fe:01 123 /opt/agent server/bin (deleted)
 Rss:                 900 kB
 Anonymous:             0 kB
@@ -338,8 +342,8 @@ Locked:                4 kB
 ";
 
     #[test]
-    fn only_the_executables_untouched_read_only_pages_are_released() {
-        let found = clean_file_mappings(SMAPS, "/opt/agent server/bin");
+    fn only_untouched_read_only_file_pages_are_released() {
+        let found = clean_file_mappings(SMAPS);
         assert_eq!(
             found,
             vec![
@@ -353,8 +357,13 @@ Locked:                4 kB
                     len: 0x1000000,
                     resident: 8192 * 1024,
                 },
+                CleanMapping {
+                    start: 0x55d0c1600000,
+                    len: 0x100000,
+                    resident: 900 * 1024,
+                },
             ],
-            "the relocated, the writable, the locked, the replaced ones and other files stay"
+            "the relocated, the writable, the locked, the deleted ones and what no file backs stay"
         );
     }
 
@@ -363,7 +372,7 @@ Locked:                4 kB
         // This test binary's own code and constants are released, then used again.
         let released = release_idle_code();
         assert!(released > 0, "nothing of the test binary was resident?");
-        let text = format!("{:?}", clean_file_mappings(SMAPS, "/opt/agent server/bin"));
+        let text = format!("{:?}", clean_file_mappings(SMAPS));
         assert!(text.contains("CleanMapping"));
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(status.contains("RssFile:"));

@@ -163,7 +163,8 @@ impl Options {
                 "-h" | "--help" => {
                     eprintln!(
                         "usage: agentserver-bench [--idle-secs N] [--only tunnel,intake,opencode,acp,claudecode,plugins,idle,reliability,fleet,worktrees,soak] [--quick]\n\
-                         build first: {BUILD_CMD}"
+                         build first: {BUILD_CMD}\n\
+                         AGENTSERVER_BENCH_HOST=PATH: the agentserver binary the host benchmarks start (e.g. target/dist/agentserver)"
                     );
                     std::process::exit(0);
                 }
@@ -241,6 +242,15 @@ impl Layout {
     fn sibling(&self, name: &str) -> Option<PathBuf> {
         let p = self.bin_dir.join(name);
         p.is_file().then_some(p)
+    }
+
+    /// The `agentserver` binary the host benchmarks start: `AGENTSERVER_BENCH_HOST` (to
+    /// measure a `dist` build), else the one next to this executable.
+    fn host(&self) -> Option<PathBuf> {
+        match std::env::var_os("AGENTSERVER_BENCH_HOST") {
+            Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+            None => self.sibling("agentserver"),
+        }
     }
 
     /// The newest `deps/<stem>-<hash>` executable (how cargo names a bench binary).
@@ -759,7 +769,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     if options.wants("idle") {
-        match layout.sibling("agentserver") {
+        match layout.host() {
             None => rows.extend(not_built("idle host")),
             Some(agentserver) => {
                 // The hosts idle side by side: none disturbs the others' own figures.
@@ -809,7 +819,7 @@ async fn main() -> anyhow::Result<()> {
     let mut reliability_failed = false;
     let mut reliability_table = None;
     if options.named("reliability") {
-        match layout.sibling("agentserver") {
+        match layout.host() {
             None => rows.extend(not_built("reliability")),
             Some(agentserver) => {
                 let sizes = if options.quick {
@@ -829,7 +839,7 @@ async fn main() -> anyhow::Result<()> {
     let mut fleet_failed = false;
     let mut fleet_table = None;
     if options.named("fleet") {
-        match layout.sibling("agentserver") {
+        match layout.host() {
             None => rows.extend(not_built("fleet")),
             Some(agentserver) => {
                 let sizes = if options.quick {
@@ -855,8 +865,7 @@ async fn main() -> anyhow::Result<()> {
         if !options.named(name) {
             continue;
         }
-        let (Some(agentserver), Some(claude)) = (layout.sibling("agentserver"), claude.as_ref())
-        else {
+        let (Some(agentserver), Some(claude)) = (layout.host(), claude.as_ref()) else {
             rows.extend(missing(
                 name,
                 "needs the agentserver binary and the claude CLI",

@@ -200,6 +200,15 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     // Once start-up has settled the host releases the code only start-up ran (memory.rs).
     tokio::time::sleep(agentserver::memory::SETTLED + Duration::from_secs(1)).await;
     let settled_rss = rss_kib(pid).0;
+    // What settling costs the next request: its code mapped back, a new local connection.
+    let t = Instant::now();
+    state
+        .tunnel
+        .open_http(&id, "GET", "/small", vec![], vec![])
+        .await?
+        .read_body()
+        .await?;
+    let first_after_settle = t.elapsed();
     let client = reqwest::Client::new();
     let size = size_mib * 1024 * 1024;
     let path = format!("/bytes/{size}");
@@ -349,6 +358,12 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
         ms(dp99),
         ms(tp99),
         ms(tp99) / ms(dp99)
+    );
+    println!();
+    println!(
+        "first small request after the host settled (its code mapped back, a new local connection): {:.3} ms, {:.1}× the tunnel's p50",
+        ms(first_after_settle),
+        ms(first_after_settle) / ms(tp50)
     );
     let up_direct = mib / direct_up_secs;
     let up_tunnel = mib / tunnel_up_secs;
