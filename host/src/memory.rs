@@ -39,8 +39,8 @@ struct Trimmer {
     active: AtomicUsize,
     /// Busy guards ever taken (a settled trim is skipped when work started meanwhile).
     taken: AtomicU64,
-    /// Work was done since the last trim.
-    dirty: AtomicBool,
+    /// Times the host went quiet (the last guard dropped, or start-up ended).
+    quieted: AtomicU64,
     trims: AtomicU64,
     settled: AtomicU64,
     idle: Notify,
@@ -52,7 +52,7 @@ fn trimmer() -> &'static Trimmer {
         let trimmer: &'static Trimmer = Box::leak(Box::new(Trimmer {
             active: AtomicUsize::new(0),
             taken: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
+            quieted: AtomicU64::new(0),
             trims: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             idle: Notify::new(),
@@ -68,12 +68,18 @@ async fn trim_when_quiet(trimmer: &'static Trimmer) {
         trimmer.idle.notified().await;
         // One quiet period; restarted when more work ends before it has settled.
         loop {
+            let quieted = trimmer.quieted.load(Ordering::Acquire);
             let taken = trimmer.taken.load(Ordering::Acquire);
             tokio::time::sleep(QUIET).await;
-            if trimmer.active.load(Ordering::Acquire) != 0
-                || !trimmer.dirty.swap(false, Ordering::AcqRel)
-            {
+            // A notification stored meanwhile is about work this check covers.
+            let _ = futures_util::FutureExt::now_or_never(trimmer.idle.notified());
+            if trimmer.active.load(Ordering::Acquire) != 0 {
+                // Its end notifies.
                 break;
+            }
+            if trimmer.quieted.load(Ordering::Acquire) != quieted {
+                // More work came and went: quiet for a whole period first.
+                continue;
             }
             let _ = tokio::task::spawn_blocking(give_back_now).await;
             trimmer.trims.fetch_add(1, Ordering::Relaxed);
@@ -111,8 +117,8 @@ pub struct BusyGuard(&'static Trimmer);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.dirty.store(true, Ordering::Release);
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quieted.fetch_add(1, Ordering::AcqRel);
             self.0.idle.notify_one();
         }
     }
@@ -125,7 +131,7 @@ pub fn started() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     if !STARTED.swap(true, Ordering::AcqRel) {
         let trimmer = trimmer();
-        trimmer.dirty.store(true, Ordering::Release);
+        trimmer.quieted.fetch_add(1, Ordering::AcqRel);
         trimmer.idle.notify_one();
     }
 }
