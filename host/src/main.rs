@@ -7,6 +7,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Before anything can map or unmap a file: which files' idle pages may be released.
+    agentserver::memory::note_startup_files();
     let cli = cli::Cli::parse_args();
     agentserver::logging::init(
         cli.verbose,

@@ -158,10 +158,40 @@ pub fn give_back_now() {
     }
 }
 
-/// Unmaps the resident pages of the read-only file mappings (the executable's and the shared
-/// libraries' code and constants) that hold nothing but the file's own bytes, never a
-/// relocated or written page, so the process's resident set is what it still uses. Returns
-/// the bytes released. Linux only; elsewhere, or when `/proc` cannot be read, nothing happens.
+/// The files mapped before `main` ran (see [`note_startup_files`]).
+static STARTUP_FILES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Records which files are mapped now: called first thing in `main`, that is the executable
+/// and the shared libraries the dynamic loader mapped for it, none of which is ever unmapped.
+/// Only their pages are released by [`release_idle_code`]: a file mapped later (a native
+/// plugin, a compiled WASM component) can be unmapped, and its addresses reused by anonymous
+/// memory, between reading `/proc/self/smaps` and the `madvise`. Without this call only the
+/// executable's pages are released.
+pub fn note_startup_files() {
+    #[cfg(target_os = "linux")]
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        let mut files: Vec<String> = maps
+            .lines()
+            .filter_map(|line| mapped_path(line.split_whitespace().skip(5)))
+            .collect();
+        files.sort();
+        files.dedup();
+        let _ = STARTUP_FILES.set(files);
+    }
+}
+
+/// The path column of a maps/smaps header, given the fields after the inode; `None` unless it
+/// names a file that still exists.
+fn mapped_path<'a>(fields: impl Iterator<Item = &'a str>) -> Option<String> {
+    let path = fields.collect::<Vec<&str>>().join(" ");
+    (path.starts_with('/') && !path.ends_with(" (deleted)")).then_some(path)
+}
+
+/// Unmaps the resident pages of the read-only mappings of the files mapped before `main` (the
+/// executable's and the shared libraries' code and constants) that hold nothing but the file's
+/// own bytes, never a relocated or written page, so the process's resident set is what it
+/// still uses. Returns the bytes released. Linux only; elsewhere, or when `/proc` cannot be
+/// read, nothing happens.
 ///
 /// The pages stay in the page cache: touching one again maps it back (a minor fault) with the
 /// same bytes, because a private mapping that was never written reads from the file.
@@ -171,12 +201,25 @@ pub fn release_idle_code() -> u64 {
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return 0;
         };
+        let exe;
+        let files: &[String] = match STARTUP_FILES.get() {
+            Some(files) => files,
+            None => {
+                let Ok(path) = std::fs::read_link("/proc/self/exe") else {
+                    return 0;
+                };
+                exe = [path.to_string_lossy().into_owned()];
+                &exe
+            }
+        };
         let mut released = 0;
-        for mapping in clean_file_mappings(&smaps) {
+        for mapping in clean_file_mappings(&smaps, files) {
             // SAFETY: the range is a whole mapping of a file that is private, not writable
             // and holds no anonymous (copied-on-write) page: every page of it is the file's
             // content, which the kernel maps back on the next access, exactly as after
-            // reclaiming it under memory pressure. No Rust object lives in it.
+            // reclaiming it under memory pressure. No Rust object lives in it, and it cannot
+            // have been unmapped since: the file was mapped before `main` and is never
+            // unmapped.
             let rc = unsafe {
                 libc::madvise(
                     mapping.start as *mut libc::c_void,
@@ -207,9 +250,9 @@ struct CleanMapping {
     resident: u64,
 }
 
-/// The file mappings in `smaps` (the text of `/proc/PID/smaps`) that are private, not
-/// writable, hold no anonymous page and are not locked; not those of a file deleted since.
-fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
+/// The mappings in `smaps` (the text of `/proc/PID/smaps`) of one of `files` that are
+/// private, not writable, hold no anonymous page and are not locked.
+fn clean_file_mappings(smaps: &str, files: &[String]) -> Vec<CleanMapping> {
     struct Current {
         start: usize,
         end: usize,
@@ -247,12 +290,10 @@ fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
         {
             finish(current.take(), &mut out);
             let perms = fields.next().unwrap_or("");
-            let path = fields.skip(3).collect::<Vec<&str>>().join(" ");
             let eligible = perms.len() == 4
                 && perms.as_bytes()[1] == b'-'
                 && perms.as_bytes()[3] == b'p'
-                && path.starts_with('/')
-                && !path.ends_with(" (deleted)")
+                && mapped_path(fields.skip(3)).is_some_and(|p| files.contains(&p))
                 && end > start;
             current = Some(Current {
                 start,
@@ -345,11 +386,18 @@ Anonymous:             0 kB
 Rss:                 900 kB
 Anonymous:             0 kB
 Locked:                4 kB
+7f0000000000-7f0000100000 r-xp 00000000 fe:01 789 /home/u/.agentserver/plugins/p/libp.so
+Rss:                 400 kB
+Anonymous:             0 kB
 ";
 
     #[test]
-    fn only_untouched_read_only_file_pages_are_released() {
-        let found = clean_file_mappings(SMAPS);
+    fn only_untouched_read_only_pages_of_startup_files_are_released() {
+        let files = [
+            "/opt/agent server/bin".to_owned(),
+            "/usr/lib/libc.so.6".to_owned(),
+        ];
+        let found = clean_file_mappings(SMAPS, &files);
         assert_eq!(
             found,
             vec![
@@ -369,17 +417,27 @@ Locked:                4 kB
                     resident: 900 * 1024,
                 },
             ],
-            "the relocated, the writable, the locked, the deleted ones and what no file backs stay"
+            "the relocated, the writable, the locked, the deleted ones, what no file backs and \
+             files mapped later stay"
         );
     }
 
     #[test]
     fn released_code_still_runs() {
-        // This test binary's own code and constants are released, then used again.
+        // This test binary's own code and constants (and its libraries') are released, then
+        // used again.
+        note_startup_files();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let files = STARTUP_FILES.get().unwrap();
+        assert!(
+            files.contains(&exe.to_string_lossy().into_owned()),
+            "{files:?}"
+        );
+        assert!(files.iter().any(|f| f.contains("libc")), "{files:?}");
         let released = release_idle_code();
         assert!(released > 0, "nothing of the test binary was resident?");
-        let text = format!("{:?}", clean_file_mappings(SMAPS));
-        assert!(text.contains("CleanMapping"));
+        let text = format!("{:?}", clean_file_mappings(SMAPS, files));
+        assert_eq!(text, "[]", "the sample's files are not this process's");
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(status.contains("RssFile:"));
     }

@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// The host side: a tunnel serving an HTTP proxy backend, until stdin closes.
 async fn host_child(args: &[String]) -> anyhow::Result<()> {
+    agentserver::memory::note_startup_files();
     let [server, sandbox, token, local] = args else {
         anyhow::bail!("usage: --host-child SERVER SANDBOX TOKEN LOCAL_URL");
     };
