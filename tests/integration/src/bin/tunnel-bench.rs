@@ -86,18 +86,17 @@ async fn host_child(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `RssAnon` of `pid`, KiB: its heap and stacks, without the mapped executable.
-fn heap_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// One reading of a process's memory from `/proc/PID/status`, KiB.
+struct Rss {
+    /// `VmRSS`.
+    now: u64,
+    /// `VmHWM`: the peak since start or the last [`reset_hwm`].
+    peak: u64,
+    /// `RssAnon`: heap and stacks, without the mapped executable and libraries.
+    heap: u64,
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
+fn rss_kib(pid: u32) -> Rss {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -107,7 +106,24 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Rss {
+        now: field("VmRSS:"),
+        peak: field("VmHWM:"),
+        heap: field("RssAnon:"),
+    }
+}
+
+/// One sequential small request through the tunnel (`GET /small`); its body.
+async fn small_through_tunnel(
+    state: &agentserver_mock::MockState,
+    id: &str,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(state
+        .tunnel
+        .open_http(id, "GET", "/small", vec![], vec![])
+        .await?
+        .read_body()
+        .await?)
 }
 
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux: `5` to `clear_refs`).
@@ -152,7 +168,7 @@ async fn bursts(
         while let Some(done) = set.join_next().await {
             done??;
         }
-        after.push(rss_kib(pid).0);
+        after.push(rss_kib(pid).now);
     }
     Ok(after)
 }
@@ -197,18 +213,13 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
             .await,
         "host did not connect"
     );
-    let idle_rss = rss_kib(pid).0;
+    let idle_rss = rss_kib(pid).now;
     // Once start-up has settled the host releases the code only start-up ran (memory.rs).
     tokio::time::sleep(agentserver::memory::SETTLED + Duration::from_secs(1)).await;
-    let settled_rss = rss_kib(pid).0;
+    let settled_rss = rss_kib(pid).now;
     // What settling costs the next request: its code mapped back, a new local connection.
     let t = Instant::now();
-    state
-        .tunnel
-        .open_http(&id, "GET", "/small", vec![], vec![])
-        .await?
-        .read_body()
-        .await?;
+    small_through_tunnel(&state, &id).await?;
     let first_after_settle = t.elapsed();
     let client = reqwest::Client::new();
     let size = size_mib * 1024 * 1024;
@@ -222,12 +233,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
             .await?
             .bytes()
             .await?;
-        state
-            .tunnel
-            .open_http(&id, "GET", "/small", vec![], vec![])
-            .await?
-            .read_body()
-            .await?;
+        small_through_tunnel(&state, &id).await?;
     }
 
     // Throughput, direct.
@@ -267,7 +273,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     let tunnel_secs = start.elapsed().as_secs_f64();
     anyhow::ensure!(tunnel_bytes == size, "tunnel: short body");
     anyhow::ensure!(head == pattern(0, head.len()), "tunnel: corrupted body");
-    let peak_after_bulk = rss_kib(pid).1;
+    let peak_after_bulk = rss_kib(pid).peak;
 
     // Upload: one body of the same size to a route that counts it as it streams in.
     let upload = bytes::Bytes::from(pattern(0, size as usize));
@@ -298,7 +304,7 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
         "tunnel upload: {} bytes arrived",
         String::from_utf8_lossy(&counted)
     );
-    let peak_upload = rss_kib(pid).1;
+    let peak_upload = rss_kib(pid).peak;
 
     // Latency, direct.
     let mut direct_lat = Vec::with_capacity(requests);
@@ -317,24 +323,26 @@ async fn bench(size_mib: u64, requests: usize, json: bool) -> anyhow::Result<()>
     let mut tunnel_lat = Vec::with_capacity(requests);
     for _ in 0..requests {
         let t = Instant::now();
-        let b = state
-            .tunnel
-            .open_http(&id, "GET", "/small", vec![], vec![])
-            .await?
-            .read_body()
-            .await?;
+        let b = small_through_tunnel(&state, &id).await?;
         tunnel_lat.push(t.elapsed());
         anyhow::ensure!(b == b"ok");
     }
     direct_lat.sort();
     tunnel_lat.sort();
-    let (rss_end, hwm) = rss_kib(pid);
+    let Rss {
+        now: rss_end,
+        peak: hwm,
+        ..
+    } = rss_kib(pid);
 
     // Memory given back: three bursts of 200 concurrent echoes of 0–4 MiB, then 10 s idle.
     let after_bursts = bursts(&state, &id, pid, 3, 200, 4 << 20).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let after_idle = rss_kib(pid).0;
-    let after_idle_heap = heap_kib(pid);
+    let Rss {
+        now: after_idle,
+        heap: after_idle_heap,
+        ..
+    } = rss_kib(pid);
 
     let mib = size as f64 / (1024.0 * 1024.0);
     let direct_tp = mib / direct_secs;
