@@ -1,6 +1,6 @@
 //! A WebSocket turned into a byte stream (spec §6.4 "Transport adaptation").
 //!
-//! Every write becomes one binary message; reads concatenate the payloads of binary **and**
+//! Every write (a vectored one included) becomes one binary message; reads concatenate the payloads of binary **and**
 //! text messages (message boundaries carry no meaning); ping/pong are left to the WebSocket
 //! library, which answers pings while it is being read — the yamux session reads continuously,
 //! so pings are answered even while streams are busy. A close message reads as end of stream;
@@ -120,6 +120,30 @@ where
             .start_send(M::binary(Bytes::copy_from_slice(buf)))
             .map_err(to_io)?;
         Poll::Ready(Ok(buf.len()))
+    }
+
+    /// All the slices become one message (one copy, as a single write): a yamux header and
+    /// its body travel together instead of as a 12-byte message and a second one.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_ready(cx)).map_err(to_io)?;
+        let len = bufs.iter().map(|b| b.len()).sum();
+        let mut message = bytes::BytesMut::with_capacity(len);
+        for b in bufs {
+            message.extend_from_slice(b);
+        }
+        Pin::new(&mut this.inner)
+            .start_send(M::binary(message.freeze()))
+            .map_err(to_io)?;
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -12,7 +12,7 @@ use agentserver_plugin_api::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// The request metadata the server sends (`HTTPStreamMeta`).
@@ -112,12 +112,13 @@ enum Pumped {
 
 /// Reads `len` body bytes from the tunnel in chunks of at most [`BODY_CHUNK`] and hands each to
 /// the backend's body through `tx` (capacity 1: the backend's reading paces the tunnel, and the
-/// yamux window paces the server). If the backend drops the body, the rest is read and
-/// discarded, so a short body is still noticed. Returning drops `tx`: a body not complete by
-/// then ends with an error ([`RequestBody::into_stream`] checks the length), so the backend
-/// never sees a short body as complete.
-async fn pump_body<R: AsyncRead + Unpin>(
-    rd: &mut R,
+/// yamux window paces the server). The chunks are the received frames' own buffers, never
+/// copied. If the backend drops the body, the rest is read and discarded, so a short body is
+/// still noticed. Returning drops `tx`: a body not complete by then ends with an error
+/// ([`RequestBody::into_stream`] checks the length), so the backend never sees a short body
+/// as complete.
+async fn pump_body(
+    rd: &agentserver_mux::Stream,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     len: u64,
 ) -> Pumped {
@@ -125,14 +126,12 @@ async fn pump_body<R: AsyncRead + Unpin>(
     let mut forwarding = true;
     while remaining > 0 {
         let want = remaining.min(BODY_CHUNK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => return Pumped::Short,
-            Ok(n) => n,
+        let chunk = match rd.read_chunk(want).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) | Err(_) => return Pumped::Short,
         };
-        remaining -= n as u64;
-        buf.truncate(n);
-        if forwarding && tx.send(Ok(Bytes::from(buf))).await.is_err() {
+        remaining -= chunk.len() as u64;
+        if forwarding && tx.send(Ok(chunk)).await.is_err() {
             forwarding = false;
         }
     }
@@ -146,24 +145,25 @@ async fn pump_body<R: AsyncRead + Unpin>(
 /// The path becomes a [`LocalPath`] here, once, before anything else (400 `invalid request
 /// path`). The body streams to the backend as it consumes it; a body shorter than `body_len`
 /// answers 502 `failed to read request body` and aborts what the backend was sent.
-pub async fn serve_http_stream<S>(stream: &mut S, meta: &[u8], backend: Arc<dyn Backend>) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub async fn serve_http_stream(
+    stream: &agentserver_mux::Stream,
+    meta: &[u8],
+    backend: Arc<dyn Backend>,
+) -> bool {
+    let mut wr = stream;
     let meta: HttpStreamMeta = match serde_json::from_slice(meta) {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(error = %e, "invalid HTTP stream metadata");
-            write_error(stream, 400, "invalid metadata").await;
+            write_error(&mut wr, 400, "invalid metadata").await;
             return true;
         }
     };
     let Ok(path) = LocalPath::parse(&meta.path) else {
-        write_error(stream, 400, "invalid request path").await;
+        write_error(&mut wr, 400, "invalid request path").await;
         return true;
     };
     let body_len = u64::try_from(meta.body_len).unwrap_or(0);
-    let (mut rd, mut wr) = tokio::io::split(&mut *stream);
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
     let weak_tx = tx.downgrade();
     let tx = (body_len > 0).then_some(tx);
@@ -185,7 +185,7 @@ where
     let mut pumped = (body_len == 0).then_some(Pumped::Complete);
     let pump = async {
         match tx {
-            Some(tx) => pump_body(&mut rd, tx, body_len).await,
+            Some(tx) => pump_body(stream, tx, body_len).await,
             None => Pumped::Complete,
         }
     };
@@ -282,7 +282,7 @@ pub(crate) async fn serve_on_mux_stream(
     meta: Vec<u8>,
     backend: Arc<dyn Backend>,
 ) {
-    if !serve_http_stream(&mut stream, &meta, backend).await {
+    if !serve_http_stream(&stream, &meta, backend).await {
         stream.reset();
     }
 }

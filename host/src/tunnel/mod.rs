@@ -57,11 +57,22 @@ pub struct TunnelConfig {
     pub connect_timeout: Duration,
     /// How long a graceful close may take before the connection is dropped. Default 3 s.
     pub close_timeout: Duration,
-    /// yamux settings. Default: the server's (keepalive off, 256 KiB windows).
+    /// yamux settings. Default: the server's (keepalive off, 256 KiB windows), plus window
+    /// auto-tuning of what the server sends us ([`GROWN_WINDOW_LIMIT`], [`GROWN_WINDOW_BUDGET`]).
     pub mux: agentserver_mux::Config,
     /// Sends agent info at once when notified (new capabilities), besides the period.
     pub info_refresh: Option<Arc<tokio::sync::Notify>>,
 }
+
+/// How far a request body's stream window may grow when the backend reads it as fast as it
+/// comes: 1 MiB, the fastest loopback upload in `tunnel-bench` (0.25 → 0.38 of direct; 2 and
+/// 4 MiB were slower and raised the peak RSS: `docs/performance.md`).
+pub const GROWN_WINDOW_LIMIT: u32 = 1024 * 1024;
+
+/// The window beyond 256 KiB that all streams of one tunnel may hold together: 16 MiB, about
+/// twenty streams at [`GROWN_WINDOW_LIMIT`]. What the tunnel can buffer for slow backends
+/// stays `streams × 256 KiB + 16 MiB`.
+pub const GROWN_WINDOW_BUDGET: usize = 16 * 1024 * 1024;
 
 impl TunnelConfig {
     /// The default configuration for one sandbox.
@@ -78,7 +89,11 @@ impl TunnelConfig {
             backoff: BackoffPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(3),
-            mux: agentserver_mux::Config::default(),
+            mux: agentserver_mux::Config {
+                grown_window_limit: GROWN_WINDOW_LIMIT,
+                grown_window_budget: GROWN_WINDOW_BUDGET,
+                ..agentserver_mux::Config::default()
+            },
             info_refresh: None,
         }
     }

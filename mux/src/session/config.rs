@@ -57,6 +57,14 @@ pub struct Config {
     /// Bytes of data frames that may wait in the send queue before stream writes wait.
     /// Default 1 MiB.
     pub write_queue_limit: usize,
+    /// Window auto-tuning: the receive window a stream may grow to, doubling each time the
+    /// peer has used all of it while the application kept up (a link whose bandwidth-delay
+    /// product exceeds the window). Default [`INITIAL_WINDOW`], raised to
+    /// `max_stream_window`: no growth, as hashicorp.
+    pub grown_window_limit: u32,
+    /// Window auto-tuning: the bytes of window beyond `max_stream_window` that all streams
+    /// together may be granted, which bounds what the session buffers. Default 0.
+    pub grown_window_budget: usize,
 }
 
 impl Default for Config {
@@ -70,6 +78,8 @@ impl Default for Config {
             keepalive_interval: None,
             write_timeout: Some(Duration::from_secs(10)),
             write_queue_limit: 1024 * 1024,
+            grown_window_limit: INITIAL_WINDOW,
+            grown_window_budget: 0,
         }
     }
 }
@@ -78,6 +88,7 @@ impl Config {
     /// The settings with every value brought into its valid range.
     pub(super) fn normalized(mut self) -> Self {
         self.max_stream_window = self.max_stream_window.max(INITIAL_WINDOW);
+        self.grown_window_limit = self.grown_window_limit.max(self.max_stream_window);
         self.max_frame_size = self.max_frame_size.clamp(1, 16 * 1024 * 1024);
         self.accept_backlog = self.accept_backlog.max(1);
         self

@@ -71,6 +71,12 @@ struct StreamState {
     recv_buffered: usize,
     /// Bytes the peer may still send before our next window update.
     recv_window: u32,
+    /// The stream's receive window: `max_stream_window` at first, larger once auto-tuning
+    /// has grown it ([`Connection::grow_window`]).
+    window: u32,
+    /// A data frame left the peer less than a quarter of the window, since the last growth
+    /// check: it sends as fast as the window lets it.
+    peer_blocked: bool,
     /// Bytes we may still send.
     send_window: u32,
     read_waker: Option<Waker>,
@@ -91,6 +97,8 @@ impl StreamState {
             recv_buf: VecDeque::new(),
             recv_buffered: 0,
             recv_window,
+            window: recv_window,
+            peer_blocked: false,
             send_window: INITIAL_WINDOW,
             read_waker: None,
             write_waker: None,
@@ -130,11 +138,12 @@ impl StreamState {
     }
 
     /// Sends a window update when the application has consumed at least half a window.
-    fn grant(&mut self, id: u32, max: u32, out: &mut Out) {
+    fn grant(&mut self, id: u32, out: &mut Out) {
         if self.lifecycle.remote_closed() || self.lifecycle.is_reset() {
             return;
         }
-        if let Some(delta) = flow::window_update(max, self.recv_buffered, self.recv_window) {
+        if let Some(delta) = flow::window_update(self.window, self.recv_buffered, self.recv_window)
+        {
             self.recv_window += delta;
             out.push_ctrl(Header::window_update(id, Flags::NONE, delta));
         }
@@ -368,6 +377,9 @@ impl Connection {
             FrameType::Data => {
                 let len = body.len() as u32;
                 st.recv_window = flow::receive(id, st.recv_window, len)?;
+                if len > 0 && st.recv_window < st.window / 4 {
+                    st.peer_blocked = true;
+                }
                 if len > 0 {
                     let readable = st.handle_alive
                         && !st.lifecycle.is_reset()
@@ -380,7 +392,7 @@ impl Connection {
                         }
                     } else {
                         // Nobody will read it: give the window straight back.
-                        st.grant(id, max, out);
+                        st.grant(id, out);
                     }
                 }
             }
@@ -514,10 +526,8 @@ impl Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let max = self.config.max_stream_window;
         let closed = self.phase != Phase::Open;
-        let Self { streams, out, .. } = self;
-        let Some(st) = streams.get_mut(&id) else {
+        let Some(st) = self.streams.get_mut(&id) else {
             return Poll::Ready(Err(stream_gone(
                 io::ErrorKind::ConnectionAborted,
                 "yamux stream is gone (session closed)",
@@ -537,11 +547,103 @@ impl Connection {
                     let _ = front.split_to(n);
                 }
             }
-            if !closed {
-                st.grant(id, max, out);
+            let blocked = st.peer_blocked;
+            if blocked && !closed {
+                self.grow_window(id);
+            }
+            let Self { streams, out, .. } = self;
+            if let (Some(st), false) = (streams.get_mut(&id), closed) {
+                st.grant(id, out);
             }
             return Poll::Ready(Ok(()));
         }
+        self.poll_nothing_buffered(id, closed, cx)
+    }
+
+    /// Auto-tuning, once the peer has used three quarters of stream `id`'s window (it is about
+    /// to wait for our update): when the application keeps up (at most half the window still
+    /// unread), the window was what limited
+    /// the stream, so it doubles, up to `grown_window_limit` and within what
+    /// `grown_window_budget` leaves for all streams together. A reader that lags keeps its
+    /// window: the data would only wait in memory. Runs once per exhaustion, not per read.
+    fn grow_window(&mut self, id: u32) {
+        let start = self.config.max_stream_window;
+        let limit = self.config.grown_window_limit;
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        st.peer_blocked = false;
+        let keeps_up = st.recv_buffered <= (st.window / 2) as usize;
+        if !keeps_up || st.window >= limit {
+            return;
+        }
+        let grown: usize = self
+            .streams
+            .values()
+            .map(|s| (s.window - start) as usize)
+            .sum();
+        let room = self.config.grown_window_budget.saturating_sub(grown);
+        let room = u32::try_from(room).unwrap_or(u32::MAX);
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.window = st
+                .window
+                .saturating_mul(2)
+                .min(limit)
+                .min(st.window.saturating_add(room));
+            tracing::trace!(stream = id, window = st.window, "yamux stream window grown");
+        }
+    }
+
+    /// Takes up to `max` (at least 1) buffered bytes of stream `id` as they were received,
+    /// without copying them, granting window back as they are consumed. `None`: the peer has
+    /// closed its side and everything has been read.
+    pub(super) fn poll_read_chunk(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let closed = self.phase != Phase::Open;
+        let Some(st) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(stream_gone(
+                io::ErrorKind::ConnectionAborted,
+                "yamux stream is gone (session closed)",
+            )));
+        };
+        if let Some(front) = st.recv_buf.front_mut() {
+            let chunk = if front.len() <= max.max(1) {
+                st.recv_buf.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max.max(1))
+            };
+            st.recv_buffered -= chunk.len();
+            let blocked = st.peer_blocked;
+            if blocked && !closed {
+                self.grow_window(id);
+            }
+            let Self { streams, out, .. } = self;
+            if let (Some(st), false) = (streams.get_mut(&id), closed) {
+                st.grant(id, out);
+            }
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        self.poll_nothing_buffered(id, closed, cx).map_ok(|()| None)
+    }
+
+    /// A read of stream `id` with nothing buffered: the end of the stream (`Ok`), an error, or
+    /// `Pending` with the reader's waker kept until data, `FIN` or `RST` comes.
+    fn poll_nothing_buffered(
+        &mut self,
+        id: u32,
+        closed: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(stream_gone(
+                io::ErrorKind::ConnectionAborted,
+                "yamux stream is gone (session closed)",
+            )));
+        };
         if st.lifecycle.is_reset() {
             return Poll::Ready(Err(stream_gone(
                 io::ErrorKind::ConnectionReset,
@@ -685,7 +787,6 @@ impl Connection {
     /// The application dropped stream `id`'s handle: `FIN` if not sent yet, unread data is
     /// dropped and its window given back. Returns the receiver of a close timer to arm.
     pub(super) fn drop_handle(&mut self, id: u32) -> Option<oneshot::Receiver<()>> {
-        let max = self.config.max_stream_window;
         let timer = self.send_fin(id);
         let open = self.phase == Phase::Open;
         let Self { streams, out, .. } = self;
@@ -694,7 +795,7 @@ impl Connection {
             st.recv_buf.clear();
             st.recv_buffered = 0;
             if open {
-                st.grant(id, max, out);
+                st.grant(id, out);
             }
             if st.removable() || !open {
                 streams.remove(&id);
@@ -890,6 +991,129 @@ mod tests {
             written(&mut conn),
             vec![(Header::window_update(2, Flags::NONE, MAX / 2), 0)]
         );
+    }
+
+    /// A client whose windows may grow to `limit` within `budget`.
+    fn tuned_client(limit: u32, budget: usize) -> Connection {
+        let config = Config {
+            grown_window_limit: limit,
+            grown_window_budget: budget,
+            ..Config::default()
+        };
+        Connection::new(Mode::Client, config.normalized())
+    }
+
+    /// The peer opens stream `id` and sends `len` bytes in one frame.
+    fn peer_sends(conn: &mut Connection, id: u32, len: u32, syn: bool) {
+        if syn {
+            conn.handle_frame(frame(Header::window_update(id, Flags::SYN, 0), b""), true)
+                .unwrap();
+        }
+        let body = vec![7u8; len as usize];
+        conn.handle_frame(frame(Header::data(id, Flags::NONE, len), &body), true)
+            .unwrap();
+    }
+
+    /// Reads everything buffered on `id` in chunks of at most `max`; the chunk lengths.
+    fn read_chunks(conn: &mut Connection, id: u32, max: usize) -> Vec<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut lens = Vec::new();
+        while let Poll::Ready(Ok(Some(chunk))) = conn.poll_read_chunk(id, &mut cx, max) {
+            lens.push(chunk.len());
+        }
+        lens
+    }
+
+    /// The window update deltas written for stream `id`.
+    fn granted(conn: &mut Connection, id: u32) -> Vec<u32> {
+        written(conn)
+            .into_iter()
+            .filter(|(h, _)| h.frame_type == FrameType::WindowUpdate && h.stream_id == id)
+            .map(|(h, _)| h.length)
+            .collect()
+    }
+
+    #[test]
+    fn chunks_are_the_received_buffers_split_at_the_limit_and_end_with_none_after_fin() {
+        let mut conn = client();
+        peer_sends(&mut conn, 2, 100, true);
+        peer_sends(&mut conn, 2, 30, false);
+        assert_eq!(read_chunks(&mut conn, 2, 64), vec![64, 36, 30]);
+        conn.handle_frame(frame(Header::data(2, Flags::FIN, 0), b""), true)
+            .unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            conn.poll_read_chunk(2, &mut cx, 64),
+            Poll::Ready(Ok(None))
+        ));
+    }
+
+    #[test]
+    fn a_window_the_peer_uses_up_doubles_up_to_the_limit_while_the_reader_keeps_up() {
+        let mut conn = tuned_client(2 * MAX, usize::MAX);
+        let _ = written(&mut conn);
+        // Three quarters and a byte: the peer is about to run dry.
+        let sent = MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 2, sent, true);
+        let _ = written(&mut conn);
+        assert_eq!(read_chunks(&mut conn, 2, usize::MAX), vec![sent as usize]);
+        // The window is now 2 × MAX: everything consumed comes back, plus MAX.
+        assert_eq!(granted(&mut conn, 2), vec![2 * MAX - (MAX - sent)]);
+        // At the limit it stops growing: the next exhaustion only refills the window.
+        let sent2 = 2 * MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 2, sent2, false);
+        assert_eq!(read_chunks(&mut conn, 2, usize::MAX), vec![sent2 as usize]);
+        assert_eq!(granted(&mut conn, 2), vec![sent2]);
+    }
+
+    #[test]
+    fn the_default_config_never_grows_a_window_as_hashicorp() {
+        let mut conn = client();
+        let sent = MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 2, sent, true);
+        let _ = written(&mut conn);
+        let _ = read_chunks(&mut conn, 2, usize::MAX);
+        assert_eq!(granted(&mut conn, 2), vec![sent]);
+    }
+
+    #[test]
+    fn a_lagging_reader_keeps_its_window() {
+        let mut conn = tuned_client(4 * MAX, usize::MAX);
+        let sent = MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 2, sent, true);
+        let _ = written(&mut conn);
+        // One small read with most of the window still unread: no growth, nothing to grant.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            conn.poll_read_chunk(2, &mut cx, 1024),
+            Poll::Ready(Ok(Some(c))) if c.len() == 1024
+        ));
+        assert!(granted(&mut conn, 2).is_empty());
+        // Reading the rest grants back what was consumed, at the old size.
+        let _ = read_chunks(&mut conn, 2, usize::MAX);
+        assert_eq!(granted(&mut conn, 2), vec![sent]);
+    }
+
+    #[test]
+    fn growth_of_all_streams_together_stays_within_the_budget() {
+        let mut conn = tuned_client(4 * MAX, MAX as usize);
+        let sent = MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 2, sent, true);
+        peer_sends(&mut conn, 4, sent, true);
+        let _ = written(&mut conn);
+        // Stream 2 takes the whole budget (MAX → 2 × MAX); stream 4 keeps MAX.
+        let _ = read_chunks(&mut conn, 2, usize::MAX);
+        assert_eq!(granted(&mut conn, 2), vec![2 * MAX - (MAX - sent)]);
+        let _ = read_chunks(&mut conn, 4, usize::MAX);
+        assert_eq!(granted(&mut conn, 4), vec![sent]);
+        // Once stream 2 is gone its growth is free again for stream 4.
+        conn.handle_frame(frame(Header::data(2, Flags::RST, 0), b""), true)
+            .unwrap();
+        conn.drop_handle(2);
+        let sent4 = MAX / 4 * 3 + 1;
+        peer_sends(&mut conn, 4, sent4, false);
+        let _ = read_chunks(&mut conn, 4, usize::MAX);
+        assert_eq!(granted(&mut conn, 4), vec![2 * MAX - (MAX - sent4)]);
     }
 
     #[test]

@@ -168,7 +168,8 @@ async fn reader_task<R: AsyncRead + Unpin>(
     incoming: mpsc::Sender<Stream>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut dec = FrameDecoder::new(shared.config.max_stream_window);
+    // No data frame can be larger than the largest window we may grant.
+    let mut dec = FrameDecoder::new(shared.config.grown_window_limit);
     let result: Result<(), SessionError> = async {
         loop {
             loop {
@@ -264,6 +265,26 @@ async fn with_timeout<F: std::future::Future>(
     }
 }
 
+/// Writes `head` then `body`, vectored when the writer supports it.
+async fn write_both<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -> io::Result<()> {
+    if !w.is_write_vectored() {
+        w.write_all(head).await?;
+        return w.write_all(body).await;
+    }
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        let n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
 async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &mut [OutFrame],
@@ -277,11 +298,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             batch.extend_from_slice(h);
         }
         if f.body.len() > INLINE {
-            if !batch.is_empty() {
-                w.write_all(batch).await?;
-                batch.clear();
-            }
-            w.write_all(&f.body).await?;
+            // What is batched (this frame's header at least) and the body in one write: one
+            // WebSocket message per frame instead of two.
+            write_both(w, batch, &f.body).await?;
+            batch.clear();
         } else {
             batch.extend_from_slice(&f.body);
             if batch.len() >= BATCH {

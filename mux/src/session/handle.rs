@@ -7,7 +7,6 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-#[cfg(feature = "fault-injection")]
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -165,6 +164,10 @@ impl futures_util::Stream for Incoming {
 /// One yamux stream: a byte stream in both directions. `poll_shutdown` sends `FIN` (half-close:
 /// reading continues until the peer's `FIN`). Dropping it without shutting down also sends
 /// `FIN`; use [`Stream::reset`] to abort instead.
+///
+/// `&Stream` reads and writes too (like `&TcpStream`), so one task can read the stream while
+/// another part of it writes; two readers (or two writers) at once would take turns being
+/// woken and must not be used.
 pub struct Stream {
     id: u32,
     shared: Arc<Shared>,
@@ -190,6 +193,27 @@ impl Stream {
     pub fn reset(&mut self) {
         self.shared.lock().reset_stream(self.id);
     }
+
+    /// Reads up to `max` bytes (at least 1) without copying them: the received frames' own
+    /// buffers, as the session's reader decoded them. `None`: the peer closed its side and
+    /// everything has been read. Window is granted back as with [`AsyncRead`].
+    pub async fn read_chunk(&self, max: usize) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.shared.lock().poll_read_chunk(self.id, cx, max)).await
+    }
+
+    fn read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.shared.lock().poll_read(self.id, cx, buf)
+    }
+
+    fn write_from(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.shared.lock().poll_write(self.id, cx, buf)
+    }
+
+    fn send_fin(&self) -> Poll<io::Result<()>> {
+        let timer = self.shared.lock().shutdown_stream(self.id)?;
+        self.shared.arm_close_timer(self.id, timer);
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Stream {
@@ -198,7 +222,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.shared.lock().poll_read(self.id, cx, buf)
+        self.read_into(cx, buf)
     }
 }
 
@@ -208,7 +232,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.shared.lock().poll_write(self.id, cx, buf)
+        self.write_from(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -218,9 +242,35 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let timer = self.shared.lock().shutdown_stream(self.id)?;
-        self.shared.arm_close_timer(self.id, timer);
+        self.send_fin()
+    }
+}
+
+impl AsyncRead for &Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.read_into(cx, buf)
+    }
+}
+
+impl AsyncWrite for &Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write_from(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send_fin()
     }
 }
 

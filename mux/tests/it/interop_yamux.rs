@@ -72,8 +72,19 @@ fn connect() -> (
     agentserver_mux::Incoming,
     mpsc::UnboundedSender<OpenRequest>,
 ) {
+    connect_with(Config::default())
+}
+
+/// [`connect`] with our session's settings.
+fn connect_with(
+    config: Config,
+) -> (
+    agentserver_mux::Control,
+    agentserver_mux::Incoming,
+    mpsc::UnboundedSender<OpenRequest>,
+) {
     let (ours, theirs) = tokio::io::duplex(1024 * 1024);
-    let (control, incoming) = Session::new(ours, Mode::Client, Config::default());
+    let (control, incoming) = Session::new(ours, Mode::Client, config);
     let conn = yamux::Connection::new(
         theirs.compat(),
         yamux::Config::default(),
@@ -125,6 +136,52 @@ async fn our_streams_are_echoed_by_the_yamux_crate() {
             rd.read_to_end(&mut back).await.expect("read echo");
             writer.await.unwrap();
             assert_eq!(back.len(), data.len(), "stream {i}");
+            assert!(back == data, "stream {i}: echo differs");
+        }));
+    }
+    for task in tasks {
+        timeout(T, task).await.expect("in time").unwrap();
+    }
+    assert!(!control.is_closed());
+}
+
+/// Window auto-tuning (the host's settings) against a peer that knows nothing of it: the
+/// larger updates are plain window updates, the bodies come back whole whether read copied or
+/// as chunks, and the session stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grown_windows_are_honoured_by_the_yamux_crate() {
+    let config = Config {
+        grown_window_limit: 1024 * 1024,
+        grown_window_budget: 2 * 1024 * 1024,
+        ..Config::default()
+    };
+    let (control, _incoming, _open) = connect_with(config);
+    let mut tasks = Vec::new();
+    for i in 0..6u32 {
+        let control = control.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = payload(100 + i, 8 * 1024 * 1024);
+            let stream = control.open_stream().await.expect("open");
+            let mut wr = &stream;
+            let sent = data.clone();
+            let write = async move {
+                wr.write_all(&sent).await.expect("write");
+                wr.shutdown().await.expect("FIN");
+            };
+            let read = async {
+                let mut back = Vec::with_capacity(data.len());
+                if i % 2 == 0 {
+                    while let Some(chunk) = stream.read_chunk(64 * 1024).await.expect("chunk") {
+                        assert!(chunk.len() <= 64 * 1024);
+                        back.extend_from_slice(&chunk);
+                    }
+                } else {
+                    let mut rd = &stream;
+                    rd.read_to_end(&mut back).await.expect("read echo");
+                }
+                back
+            };
+            let ((), back) = tokio::join!(write, read);
             assert!(back == data, "stream {i}: echo differs");
         }));
     }

@@ -671,3 +671,55 @@ async fn syn_fin_in_one_frame_and_a_full_window_data_frame_are_accepted() {
         .unwrap();
     assert!(got == body, "the full-window frame arrived intact");
 }
+
+/// Window auto-tuning against a hand-driven peer: once the peer has used three quarters of the
+/// window and the application read it all, the update grants a doubled window, and the peer
+/// may then send all of it in one data frame (hashicorp sends up to the window at once).
+#[tokio::test]
+async fn a_grown_window_is_granted_and_a_frame_of_its_whole_size_is_accepted() {
+    const W: u32 = 256 * 1024;
+    let cfg = Config {
+        grown_window_limit: 4 * W,
+        grown_window_budget: 16 * W as usize,
+        ..Config::default()
+    };
+    let ((_control, mut incoming), mut peer) = raw_client_session(cfg);
+    let first = pattern((W / 4 * 3 + 1) as usize, 3);
+    peer.send(Header::data(2, Flags::SYN, first.len() as u32), &first)
+        .await;
+    let ack = peer.recv_interesting().await.unwrap();
+    assert_eq!(ack.header, Header::window_update(2, Flags::ACK, 0));
+    let stream = timeout(T, incoming.next()).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    while got.len() < first.len() {
+        let chunk = timeout(T, stream.read_chunk(usize::MAX))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("data");
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == first);
+    let update = peer.recv().await.unwrap();
+    let credit = W - first.len() as u32 + update.header.length;
+    assert_eq!(update.header.frame_type, FrameType::WindowUpdate);
+    assert_eq!(credit, 2 * W, "the window doubled: {:?}", update.header);
+
+    let second = pattern(credit as usize, 9);
+    peer.send(Header::data(2, Flags::NONE, credit), &second)
+        .await;
+    let mut got = Vec::new();
+    while got.len() < second.len() {
+        let chunk = timeout(T, stream.read_chunk(64 * 1024))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("data");
+        assert!(chunk.len() <= 64 * 1024);
+        got.extend_from_slice(&chunk);
+    }
+    assert!(
+        got == second,
+        "the frame of the grown window arrived intact"
+    );
+}
