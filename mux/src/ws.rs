@@ -1,7 +1,7 @@
 //! A WebSocket turned into a byte stream (spec §6.4 "Transport adaptation").
 //!
-//! Every write (a vectored one included) becomes one binary message; reads concatenate the payloads of binary **and**
-//! text messages (message boundaries carry no meaning); ping/pong are left to the WebSocket
+//! Every write (a vectored one included) becomes one binary message; reads concatenate the
+//! payloads of binary **and** text messages (message boundaries carry no meaning); ping/pong are left to the WebSocket
 //! library, which answers pings while it is being read — the yamux session reads continuously,
 //! so pings are answered even while streams are busy. A close message reads as end of stream;
 //! shutting the writer down sends a close message with code 1000 and an empty reason.

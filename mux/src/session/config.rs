@@ -58,8 +58,8 @@ pub struct Config {
     /// Default 1 MiB.
     pub write_queue_limit: usize,
     /// Window auto-tuning: the receive window a stream may grow to, doubling each time the
-    /// peer has used all of it while the application kept up (a link whose bandwidth-delay
-    /// product exceeds the window). Default [`INITIAL_WINDOW`], raised to
+    /// peer has used three quarters of it while the application kept up (a link whose
+    /// bandwidth-delay product exceeds the window). Default [`INITIAL_WINDOW`], raised to
     /// `max_stream_window`: no growth, as hashicorp.
     pub grown_window_limit: u32,
     /// Window auto-tuning: the bytes of window beyond `max_stream_window` that all streams

@@ -547,24 +547,31 @@ impl Connection {
                     let _ = front.split_to(n);
                 }
             }
-            let blocked = st.peer_blocked;
-            if blocked && !closed {
-                self.grow_window(id);
-            }
-            let Self { streams, out, .. } = self;
-            if let (Some(st), false) = (streams.get_mut(&id), closed) {
-                st.grant(id, out);
+            if !closed {
+                self.consumed(id);
             }
             return Poll::Ready(Ok(()));
         }
         self.poll_nothing_buffered(id, closed, cx)
     }
 
+    /// The application has read from stream `id`: grow its window if the peer ran short of
+    /// it, then grant back what was consumed.
+    fn consumed(&mut self, id: u32) {
+        if self.streams.get(&id).is_some_and(|st| st.peer_blocked) {
+            self.grow_window(id);
+        }
+        let Self { streams, out, .. } = self;
+        if let Some(st) = streams.get_mut(&id) {
+            st.grant(id, out);
+        }
+    }
+
     /// Auto-tuning, once the peer has used three quarters of stream `id`'s window (it is about
     /// to wait for our update): when the application keeps up (at most half the window still
-    /// unread), the window was what limited
-    /// the stream, so it doubles, up to `grown_window_limit` and within what
-    /// `grown_window_budget` leaves for all streams together. A reader that lags keeps its
+    /// unread), the window was what limited the stream, so it doubles, up to
+    /// `grown_window_limit` and within what `grown_window_budget` leaves for all streams
+    /// together. A reader that lags keeps its
     /// window: the data would only wait in memory. Runs once per exhaustion, not per read.
     fn grow_window(&mut self, id: u32) {
         let start = self.config.max_stream_window;
@@ -610,20 +617,16 @@ impl Connection {
                 "yamux stream is gone (session closed)",
             )));
         };
+        let max = max.max(1);
         if let Some(front) = st.recv_buf.front_mut() {
-            let chunk = if front.len() <= max.max(1) {
+            let chunk = if front.len() <= max {
                 st.recv_buf.pop_front().unwrap_or_default()
             } else {
-                front.split_to(max.max(1))
+                front.split_to(max)
             };
             st.recv_buffered -= chunk.len();
-            let blocked = st.peer_blocked;
-            if blocked && !closed {
-                self.grow_window(id);
-            }
-            let Self { streams, out, .. } = self;
-            if let (Some(st), false) = (streams.get_mut(&id), closed) {
-                st.grant(id, out);
+            if !closed {
+                self.consumed(id);
             }
             return Poll::Ready(Ok(Some(chunk)));
         }

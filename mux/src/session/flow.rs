@@ -1,8 +1,9 @@
 //! Flow control: the arithmetic of one stream's send and receive windows.
 //!
 //! The receiver grants window back once the application has consumed at least half of it
-//! (hashicorp's rule; the window itself may have grown, see `Connection::grow_window`); a sender may never exceed the window, and a window update may never
-//! take a send window past 2^32 − 1.
+//! (hashicorp's rule; the window itself may have grown, see `Connection::grow_window`); a
+//! sender may never exceed the window, and a window update may never take a send window past
+//! 2^32 − 1.
 
 use super::ProtocolError;
 

@@ -200,50 +200,6 @@ impl Stream {
     pub async fn read_chunk(&self, max: usize) -> io::Result<Option<Bytes>> {
         std::future::poll_fn(|cx| self.shared.lock().poll_read_chunk(self.id, cx, max)).await
     }
-
-    fn read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.shared.lock().poll_read(self.id, cx, buf)
-    }
-
-    fn write_from(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.shared.lock().poll_write(self.id, cx, buf)
-    }
-
-    fn send_fin(&self) -> Poll<io::Result<()>> {
-        let timer = self.shared.lock().shutdown_stream(self.id)?;
-        self.shared.arm_close_timer(self.id, timer);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.read_into(cx, buf)
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.write_from(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Frames are handed to the session's writer as they are written; it flushes the
-        // connection whenever its queue runs empty.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send_fin()
-    }
 }
 
 impl AsyncRead for &Stream {
@@ -252,7 +208,7 @@ impl AsyncRead for &Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.read_into(cx, buf)
+        self.shared.lock().poll_read(self.id, cx, buf)
     }
 }
 
@@ -262,15 +218,48 @@ impl AsyncWrite for &Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.write_from(cx, buf)
+        self.shared.lock().poll_write(self.id, cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames are handed to the session's writer as they are written; it flushes the
+        // connection whenever its queue runs empty.
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send_fin()
+        let timer = self.shared.lock().shutdown_stream(self.id)?;
+        self.shared.arm_close_timer(self.id, timer);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The owned stream reads and writes through `&Stream`: one implementation of each.
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self).poll_shutdown(cx)
     }
 }
 
